@@ -1,0 +1,161 @@
+// Package config loads, expands, strictly decodes, defaults and validates a backflow
+// configuration file. It is the only package that imports viper.
+package config
+
+import "time"
+
+// Config is a whole configuration file.
+type Config struct {
+	State StateConfig `mapstructure:"state"`
+	Serve ServeConfig `mapstructure:"serve"`
+	Syncs []Sync      `mapstructure:"syncs"`
+
+	// Dir is the directory holding the config file; relative local paths
+	// (state, sources, file destinations) are resolved against it by Load.
+	Dir string `mapstructure:"-"`
+	// Path is the file the config was loaded from.
+	Path string `mapstructure:"-"`
+}
+
+// StateConfig says where checkpoints, row-hash stores, rejects and run history live.
+type StateConfig struct {
+	// URL is a local directory (absolute after Load) or s3://bucket/prefix.
+	URL string    `mapstructure:"url"`
+	S3  S3Options `mapstructure:",squash"`
+}
+
+// ServeConfig tunes `backflow serve`; every field has a default.
+type ServeConfig struct {
+	// MaxConcurrentRuns bounds how many different syncs run at once.
+	MaxConcurrentRuns int `mapstructure:"max_concurrent_runs"`
+	// History is how many run reports are kept per sync.
+	History int `mapstructure:"history"`
+	// ShutdownGrace bounds how long in-flight runs may take to checkpoint on SIGTERM.
+	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
+}
+
+// S3Options are the connection settings shared by S3 sources, S3 state and the s3 destination.
+type S3Options struct {
+	Region    string `mapstructure:"region"`
+	Endpoint  string `mapstructure:"endpoint"`
+	PathStyle bool   `mapstructure:"path_style"`
+	Auth      Auth   `mapstructure:"auth"`
+}
+
+// Auth says how to obtain AWS credentials.
+type Auth struct {
+	Mode            string `mapstructure:"mode"` // default | keys | role
+	AccessKeyID     string `mapstructure:"access_key_id"`
+	SecretAccessKey string `mapstructure:"secret_access_key"` // secret
+	SessionToken    string `mapstructure:"session_token"`     // secret
+	RoleARN         string `mapstructure:"role_arn"`
+	ExternalID      string `mapstructure:"external_id"` // secret
+	SessionName     string `mapstructure:"session_name"`
+}
+
+// Sync is one source mapped to one or more destinations.
+type Sync struct {
+	Name         string        `mapstructure:"name"`
+	Source       Source        `mapstructure:"source"`
+	Mapping      Mapping       `mapstructure:"mapping"`
+	Mode         string        `mapstructure:"mode"` // incremental | full | diff
+	Schedule     Schedule      `mapstructure:"schedule"`
+	Destinations []Destination `mapstructure:"destinations"`
+}
+
+// Source is where the Parquet files are.
+type Source struct {
+	// URL is s3://bucket/prefix, or a local directory (absolute after Load; file:// removed).
+	URL       string    `mapstructure:"url"`
+	Include   string    `mapstructure:"include"`   // glob on the key below the prefix
+	Partition string    `mapstructure:"partition"` // all | latest
+	S3        S3Options `mapstructure:",squash"`
+	Limits    Limits    `mapstructure:"limits"`
+}
+
+// Limits bound what one file or row may cost.
+type Limits struct {
+	MaxRowGroupBytes int64 `mapstructure:"max_row_group_bytes"`
+	MaxRecordBytes   int64 `mapstructure:"max_record_bytes"`
+}
+
+// Mapping says how a row becomes a Segment-spec message.
+type Mapping struct {
+	Type        string            `mapstructure:"type"` // identify | track | group
+	UserID      string            `mapstructure:"user_id"`
+	AnonymousID string            `mapstructure:"anonymous_id"`
+	GroupID     string            `mapstructure:"group_id"`
+	Event       string            `mapstructure:"event"`
+	EventColumn string            `mapstructure:"event_column"`
+	Timestamp   string            `mapstructure:"timestamp"`
+	Columns     []string          `mapstructure:"columns"`
+	Rename      map[string]string `mapstructure:"rename"`    // keys keep their case
+	Constants   map[string]any    `mapstructure:"constants"` // keys keep their case
+	SkipNulls   bool              `mapstructure:"skip_nulls"`
+}
+
+// Schedule says when `backflow serve` runs a sync. Both empty: manual only.
+type Schedule struct {
+	Every time.Duration `mapstructure:"every"`
+	// Start anchors `every`: runs happen at Start + k*Every. Zero: from when serve starts.
+	Start time.Time `mapstructure:"start"`
+	Cron  string    `mapstructure:"cron"` // 5 fields, UTC
+}
+
+// Destination is one place messages are delivered to. Fields not used by
+// Type are rejected by validation.
+type Destination struct {
+	Type string `mapstructure:"type"` // segment | webhook | file | stdout | s3
+	Name string `mapstructure:"name"` // defaults to Type; unique within the sync
+
+	// Shared by every type.
+	MaxInFlight int           `mapstructure:"max_in_flight"` // concurrent requests
+	RateLimit   float64       `mapstructure:"rate_limit"`    // requests per second; 0: unlimited
+	Retry       Retry         `mapstructure:"retry"`
+	Timeout     time.Duration `mapstructure:"timeout"`    // one request
+	BatchSize   int           `mapstructure:"batch_size"` // messages per request
+
+	// segment
+	WriteKey string `mapstructure:"write_key"` // secret
+	// segment: the Segment-compatible API; s3: the S3-compatible endpoint.
+	Endpoint string `mapstructure:"endpoint"`
+
+	// webhook
+	URL     string            `mapstructure:"url"`     // webhook URL; s3 bucket URL
+	Headers map[string]string `mapstructure:"headers"` // values are secret
+	Gzip    bool              `mapstructure:"gzip"`
+	// NonRetryableStatus are the HTTP codes that refuse a batch for good (it is then split
+	// to isolate the refused messages). Default: every 4xx but 408 and 429.
+	NonRetryableStatus []int `mapstructure:"non_retryable_status"`
+
+	// file
+	Path string `mapstructure:"path"` // absolute after Load
+
+	// s3 (Endpoint above is shared with segment)
+	Region        string `mapstructure:"region"`
+	PathStyle     bool   `mapstructure:"path_style"`
+	Auth          Auth   `mapstructure:"auth"`
+	Key           string `mapstructure:"key"`
+	Format        string `mapstructure:"format"`      // jsonl | csv | parquet
+	Compression   string `mapstructure:"compression"` // none | gzip
+	CSV           CSV    `mapstructure:"csv"`
+	MaxObjectRows int64  `mapstructure:"max_object_rows"`
+	VerifyObject  string `mapstructure:"verify_object"`
+}
+
+// Retry bounds retries of one request.
+type Retry struct {
+	MaxAttempts int           `mapstructure:"max_attempts"`
+	MaxBackoff  time.Duration `mapstructure:"max_backoff"`
+}
+
+// CSV formats CSV objects of the s3 destination.
+type CSV struct {
+	Delimiter string `mapstructure:"delimiter"` // "," | "|" | "tab"
+	QuoteAll  bool   `mapstructure:"quote_all"`
+}
+
+// S3 returns the connection settings of an s3 destination.
+func (d Destination) S3() S3Options {
+	return S3Options{Region: d.Region, Endpoint: d.Endpoint, PathStyle: d.PathStyle, Auth: d.Auth}
+}

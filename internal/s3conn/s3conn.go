@@ -1,0 +1,181 @@
+// Package s3conn builds S3 clients from backflow's S3 settings (shared by the S3 source,
+// the S3 state store and the s3 destination) and turns S3 failures into one clear line.
+package s3conn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/credentials/stscreds"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
+	"github.com/aws/smithy-go"
+
+	"github.com/backflowhq/backflow/config"
+)
+
+// ParseURL splits s3://bucket/prefix. ok is false when u is not an s3:// URL.
+func ParseURL(u string) (bucket, prefix string, ok bool) {
+	rest, found := strings.CutPrefix(u, "s3://")
+	if !found {
+		return "", "", false
+	}
+	bucket, prefix, _ = strings.Cut(rest, "/")
+	return bucket, prefix, bucket != ""
+}
+
+// IsURL tells whether u names an S3 location.
+func IsURL(u string) bool { return strings.HasPrefix(u, "s3://") }
+
+// New returns a client for bucket. Without a configured region it asks the bucket's
+// region (GetBucketRegion) and falls back to us-east-1. Throttling and 5xx answers are
+// retried by the SDK's standard retryer with up to maxAttempts attempts (0: 5).
+func New(ctx context.Context, opts config.S3Options, bucket string, maxAttempts int) (*s3.Client, error) {
+	if maxAttempts <= 0 {
+		maxAttempts = 5
+	}
+	loadOpts := []func(*awsconfig.LoadOptions) error{
+		awsconfig.WithRetryer(func() aws.Retryer {
+			return retry.NewStandard(func(o *retry.StandardOptions) { o.MaxAttempts = maxAttempts })
+		}),
+	}
+	region := opts.Region
+	if region == "" {
+		region = "us-east-1"
+	}
+	loadOpts = append(loadOpts, awsconfig.WithRegion(region))
+	switch opts.Auth.Mode {
+	case "keys":
+		loadOpts = append(loadOpts, awsconfig.WithCredentialsProvider(
+			credentials.NewStaticCredentialsProvider(opts.Auth.AccessKeyID, opts.Auth.SecretAccessKey, opts.Auth.SessionToken)))
+	}
+	cfg, err := awsconfig.LoadDefaultConfig(ctx, loadOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("loading AWS configuration: %w", err)
+	}
+	if opts.Auth.Mode == "role" {
+		stsClient := sts.NewFromConfig(cfg, func(o *sts.Options) {
+			if opts.Endpoint != "" {
+				o.BaseEndpoint = aws.String(opts.Endpoint)
+			}
+		})
+		name := opts.Auth.SessionName
+		if name == "" {
+			name = "backflow"
+		}
+		provider := stscreds.NewAssumeRoleProvider(stsClient, opts.Auth.RoleARN, func(o *stscreds.AssumeRoleOptions) {
+			o.RoleSessionName = name
+			if opts.Auth.ExternalID != "" {
+				o.ExternalID = aws.String(opts.Auth.ExternalID)
+			}
+		})
+		cfg.Credentials = aws.NewCredentialsCache(provider)
+	}
+	clientOpts := func(o *s3.Options) {
+		if opts.Endpoint != "" {
+			o.BaseEndpoint = aws.String(opts.Endpoint)
+		}
+		o.UsePathStyle = opts.PathStyle
+		// Checksums on every request cost CPU and are not understood by every
+		// S3-compatible store; ask for them only where an operation requires them.
+		o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
+	}
+	client := s3.NewFromConfig(cfg, clientOpts)
+	if opts.Region == "" && opts.Endpoint == "" && bucket != "" {
+		found, err := manager.GetBucketRegion(ctx, client, bucket)
+		if err == nil && found != "" && found != region {
+			cfg.Region = found
+			client = s3.NewFromConfig(cfg, clientOpts)
+		}
+	}
+	return client, nil
+}
+
+// Describe turns an S3 error into one clear line about bucket (and key, when not empty),
+// keeping the original error for errors.Is/As. It never includes credentials.
+func Describe(err error, bucket, key string) error {
+	if err == nil {
+		return nil
+	}
+	where := "s3://" + bucket
+	if key != "" {
+		where += "/" + key
+	}
+	var apiErr smithy.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode() {
+		case "NoSuchBucket":
+			return &Error{Err: err, Msg: fmt.Sprintf("%s: no such bucket", where)}
+		case "NoSuchKey", "NotFound":
+			return &Error{Err: err, Msg: fmt.Sprintf("%s: no such object", where), NotFound: true}
+		case "AccessDenied", "Forbidden", "AllAccessDisabled":
+			return &Error{Err: err, Msg: fmt.Sprintf("%s: access denied (check the credentials' permissions on the bucket)", where)}
+		case "InvalidAccessKeyId":
+			return &Error{Err: err, Msg: fmt.Sprintf("%s: the access key id is not known to the server (bad credentials)", where)}
+		case "SignatureDoesNotMatch":
+			return &Error{Err: err, Msg: fmt.Sprintf("%s: the secret access key does not match the access key id (bad credentials)", where)}
+		case "ExpiredToken", "InvalidToken":
+			return &Error{Err: err, Msg: fmt.Sprintf("%s: the session token is expired or invalid", where)}
+		case "PreconditionFailed":
+			return &Error{Err: err, Msg: fmt.Sprintf("%s: precondition failed", where), Precondition: true}
+		}
+		return &Error{Err: err, Msg: fmt.Sprintf("%s: %s: %s", where, apiErr.ErrorCode(), apiErr.ErrorMessage())}
+	}
+	var respErr interface{ HTTPStatusCode() int }
+	if errors.As(err, &respErr) {
+		switch respErr.HTTPStatusCode() {
+		case http.StatusNotFound:
+			return &Error{Err: err, Msg: fmt.Sprintf("%s: not found", where), NotFound: true}
+		case http.StatusForbidden:
+			return &Error{Err: err, Msg: fmt.Sprintf("%s: access denied", where)}
+		case http.StatusPreconditionFailed:
+			return &Error{Err: err, Msg: fmt.Sprintf("%s: precondition failed", where), Precondition: true}
+		}
+	}
+	var netErr net.Error
+	var urlErr *url.Error
+	var opErr *net.OpError
+	if errors.As(err, &opErr) || errors.As(err, &urlErr) || errors.As(err, &netErr) {
+		return &Error{Err: err, Msg: fmt.Sprintf("%s: endpoint unreachable: %v", where, rootCause(err))}
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return &Error{Err: err, Msg: fmt.Sprintf("%s: %v", where, err)}
+}
+
+func rootCause(err error) error {
+	for {
+		next := errors.Unwrap(err)
+		if next == nil {
+			return err
+		}
+		err = next
+	}
+}
+
+// Error is an S3 failure described in one line.
+type Error struct {
+	Err          error
+	Msg          string
+	NotFound     bool // the bucket or object does not exist
+	Precondition bool // a conditional request failed
+}
+
+func (e *Error) Error() string { return e.Msg }
+func (e *Error) Unwrap() error { return e.Err }
+
+// DefaultTimeout bounds a single S3 call where a caller has no better bound.
+const DefaultTimeout = 5 * time.Minute

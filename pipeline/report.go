@@ -1,0 +1,62 @@
+// Package pipeline runs one sync: list, check, plan against the checkpoint, read row
+// groups, map, fan out to every destination, advance the checkpoint from their
+// acknowledgements, and report.
+package pipeline
+
+import "time"
+
+// Status of a run.
+const (
+	StatusOK      = "ok"      // exit 0
+	StatusPartial = "partial" // exit 3: some files or rows were rejected
+	StatusFailed  = "failed"  // exit 1
+)
+
+// Report is the run report of SPEC.md (`sync --report FILE`, `GET /syncs`).
+type Report struct {
+	Sync           string                       `json:"sync"`
+	RunID          string                       `json:"run_id"`
+	Status         string                       `json:"status"`
+	Mode           string                       `json:"mode"`
+	DryRun         bool                         `json:"dry_run,omitempty"`
+	FullSync       bool                         `json:"full_sync"`
+	FullSyncReason string                       `json:"full_sync_reason"`
+	Files          FileCounts                   `json:"files"`
+	Rows           RowCounts                    `json:"rows"`
+	Destinations   map[string]*DestinationCount `json:"destinations"`
+	StartedAt      time.Time                    `json:"started_at"`
+	DurationMS     int64                        `json:"duration_ms"`
+	Error          string                       `json:"error,omitempty"`
+	RejectsFile    string                       `json:"rejects_file,omitempty"`
+	// FileErrors names each rejected or vanished file and why.
+	FileErrors []FileError `json:"file_errors,omitempty"`
+}
+
+// FileCounts counts the files of a run.
+type FileCounts struct {
+	Listed   int `json:"listed"`
+	Read     int `json:"read"`
+	Skipped  int `json:"skipped"`
+	Rejected int `json:"rejected"`
+	Deleted  int `json:"deleted,omitempty"`
+}
+
+// RowCounts counts the rows of a run.
+type RowCounts struct {
+	Read      int64 `json:"read"`
+	Sent      int64 `json:"sent"`
+	Unchanged int64 `json:"unchanged"`
+	Rejected  int64 `json:"rejected"`
+}
+
+// DestinationCount counts what one destination did.
+type DestinationCount struct {
+	Delivered int64 `json:"delivered"`
+	Failed    int64 `json:"failed"`
+}
+
+// FileError is a file that was rejected or could not be read.
+type FileError struct {
+	Key   string `json:"key"`
+	Error string `json:"error"`
+}

@@ -1,0 +1,65 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"io"
+)
+
+// ErrConflict is returned by Save when another runner saved the checkpoint since it was
+// loaded (two runners of one sync at once): the later one fails cleanly.
+var ErrConflict = errors.New("checkpoint was changed by another run since it was loaded")
+
+// Store keeps checkpoints, row hashes, rejects and run history for every sync of a config.
+// Its methods are safe for concurrent use by different syncs; ctx bounds each call.
+type Store interface {
+	// Load returns the sync's checkpoint, or (nil, nil) when there is none. A corrupt
+	// checkpoint or one written by a newer version is an error, never a silent reset.
+	Load(ctx context.Context, sync string) (*Checkpoint, error)
+	// Save writes cp atomically: a crash at any moment leaves the previous or the new
+	// checkpoint. It returns ErrConflict (wrapped) when cp.Generation no longer matches
+	// the stored one; on success it updates cp.Generation.
+	Save(ctx context.Context, cp *Checkpoint) error
+	// Reset deletes the sync's checkpoint and row-hash store; the next run is a first sync.
+	Reset(ctx context.Context, sync string) error
+	// Hashes opens the sync's row-hash store for mode diff. Close (or Commit) makes what
+	// was Put durable.
+	Hashes(ctx context.Context, sync string) (HashStore, error)
+	// Rejects opens the rejects file of one run: <state>/rejects/<sync>/<runID>.jsonl.
+	Rejects(ctx context.Context, sync, runID string) (RejectsFile, error)
+	// AppendHistory records a run report (JSON), keeping the newest keep of the sync.
+	AppendHistory(ctx context.Context, sync string, report []byte, keep int) error
+	// History returns the sync's kept run reports, newest first.
+	History(ctx context.Context, sync string) ([][]byte, error)
+	// String is the store's URL, with no secret.
+	String() string
+}
+
+// HashStore maps a message key (mapper.Message.Key) to the hash of the content last
+// delivered for it (mapper.Message.ID). It is used by one run at a time.
+type HashStore interface {
+	// Get returns the stored hash of each key ("" where none), in order.
+	Get(ctx context.Context, keys []string) ([]string, error)
+	// Put records hashes[i] for keys[i].
+	Put(ctx context.Context, keys, hashes []string) error
+	// Clear removes every entry (a full sync rebuilds the store).
+	Clear(ctx context.Context) error
+	// Commit makes every Put so far durable.
+	Commit(ctx context.Context) error
+	// Len is the number of keys stored.
+	Len(ctx context.Context) (int, error)
+	// Close commits and releases the store.
+	Close(ctx context.Context) error
+}
+
+// RejectsFile receives the rejected rows of one run, one JSON object a line. Nothing is
+// created until the first Write.
+type RejectsFile interface {
+	io.Writer
+	// Flush makes every line written so far durable (before a checkpoint counts them).
+	Flush(ctx context.Context) error
+	// Close flushes and releases the file.
+	Close(ctx context.Context) error
+	// Location is where the file is (a path or an s3:// URL), "" when nothing was written.
+	Location() string
+}
