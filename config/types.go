@@ -15,6 +15,9 @@ type Config struct {
 	Dir string `mapstructure:"-"`
 	// Path is the file the config was loaded from.
 	Path string `mapstructure:"-"`
+
+	// expanded holds the values ${VAR} expansion substituted; they count as secrets.
+	expanded []string
 }
 
 // StateConfig says where checkpoints, row-hash stores, rejects and run history live.

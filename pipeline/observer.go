@@ -17,3 +17,12 @@ type NopObserver struct{}
 func (NopObserver) RowsRead(string, int64, int64)          {}
 func (NopObserver) BatchStarted(string, string)            {}
 func (NopObserver) BatchDone(string, string, int64, int64) {}
+
+// ProgressObserver is an Observer that also wants the run's totals (the progress bar).
+type ProgressObserver interface {
+	Observer
+	// Planned is called once the files to read are known.
+	Planned(sync string, files int, bytes int64)
+	// FileRead is called when a file has been read to its end (or given up).
+	FileRead(sync, key string)
+}

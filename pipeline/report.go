@@ -38,7 +38,12 @@ type FileCounts struct {
 	Read     int `json:"read"`
 	Skipped  int `json:"skipped"`
 	Rejected int `json:"rejected"`
-	Deleted  int `json:"deleted,omitempty"`
+	// Unchanged files were synced by an earlier run and not read again.
+	Unchanged int `json:"unchanged"`
+	// Deleted files were in the checkpoint but are no longer listed.
+	Deleted int `json:"deleted"`
+	// Vanished files were listed but gone when read.
+	Vanished int `json:"vanished,omitempty"`
 }
 
 // RowCounts counts the rows of a run.
@@ -47,6 +52,8 @@ type RowCounts struct {
 	Sent      int64 `json:"sent"`
 	Unchanged int64 `json:"unchanged"`
 	Rejected  int64 `json:"rejected"`
+	// WouldSend is what a dry run would have sent.
+	WouldSend int64 `json:"would_send,omitempty"`
 }
 
 // DestinationCount counts what one destination did.

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/backflowhq/backflow/destinations/all"
+	"github.com/backflowhq/backflow/pipeline"
+)
+
+func newCheckCommand(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "check",
+		Short: "Validate the config, reach the source, the state and every destination, sending nothing",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runCheck(cmd, g)
+		},
+	}
+}
+
+func runCheck(cmd *cobra.Command, g *globalOptions) error {
+	ctx := cmd.Context()
+	cfg, s, err := g.loadSync()
+	if err != nil {
+		return err
+	}
+	out := cmd.OutOrStdout()
+	fmt.Fprintf(out, "ok    config %s (sync %s)\n", cfg.Path, s.Name)
+	store, err := openStore(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(out, "FAIL  state %s: %v\n", cfg.State.URL, err)
+	}
+	failed := err != nil
+	for _, r := range pipeline.Check(ctx, cfg, s, all.Registry(), store, version) {
+		status := "ok  "
+		if !r.OK {
+			status = "FAIL"
+			failed = true
+		}
+		fmt.Fprintf(out, "%s  %s: %s\n", status, r.What, scrub(r.Detail, g))
+	}
+	if failed {
+		return &exitError{code: exitFailed, err: fmt.Errorf("check failed for sync %s", s.Name)}
+	}
+	return nil
+}

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/spf13/cobra"
+
+	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/internal/logging"
+	"github.com/backflowhq/backflow/state"
+)
+
+// globalOptions are the flags every command takes, and the process's streams.
+type globalOptions struct {
+	configFile string
+	syncName   string
+	logFormat  string
+	logLevel   string
+
+	stdout, stderr io.Writer
+	getenv         func(string) (string, bool)
+	secrets        []string // filled once the config is loaded, to scrub output
+}
+
+func (g *globalOptions) addFlags(c *cobra.Command) {
+	f := c.PersistentFlags()
+	f.StringVarP(&g.configFile, "config", "c", "", "config file (default $BACKFLOW_CONFIG, else backflow.yaml)")
+	f.StringVar(&g.syncName, "sync", "", "which sync of the config file (may be omitted when it has one)")
+	f.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+// configPath is -c, else $BACKFLOW_CONFIG, else backflow.yaml.
+func (g *globalOptions) configPath() string {
+	if g.configFile != "" {
+		return g.configFile
+	}
+	if p, ok := g.getenv("BACKFLOW_CONFIG"); ok && p != "" {
+		return p
+	}
+	return "backflow.yaml"
+}
+
+func (g *globalOptions) loadConfig() (*config.Config, error) {
+	cfg, err := config.Load(g.configPath(), g.getenv)
+	if err != nil {
+		return nil, err
+	}
+	g.secrets = cfg.Secrets()
+	return cfg, nil
+}
+
+// loadSync loads the config and picks the sync named by --sync.
+func (g *globalOptions) loadSync() (*config.Config, *config.Sync, error) {
+	cfg, err := g.loadConfig()
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := cfg.Sync(g.syncName)
+	if err != nil {
+		return nil, nil, &usageError{err}
+	}
+	return cfg, s, nil
+}
+
+func (g *globalOptions) logger() (*slog.Logger, error) {
+	l, err := logging.New(g.stderr, g.logFormat, g.logLevel, g.secrets)
+	if err != nil {
+		return nil, &usageError{err}
+	}
+	return l, nil
+}
+
+func openStore(ctx context.Context, cfg *config.Config) (state.Store, error) {
+	st, err := state.Open(ctx, cfg.State)
+	if err != nil {
+		return nil, fmt.Errorf("opening state %s: %w", cfg.State.URL, err)
+	}
+	return st, nil
+}
+
+// scrub removes the config's secrets from text meant for the terminal.
+func scrub(s string, g *globalOptions) string { return logging.Scrub(s, g.secrets) }

@@ -1,0 +1,170 @@
+// Command backflow reads Parquet exports from S3 or a local folder, maps every row to a
+// Segment-spec message and delivers the messages to Segment, webhooks, files, stdout or
+// S3, remembering what every destination acknowledged.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/internal/logging"
+	"github.com/backflowhq/backflow/mapper"
+	"github.com/backflowhq/backflow/pipeline"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+// Exit codes (SPEC.md).
+const (
+	exitOK      = 0
+	exitFailed  = 1
+	exitUsage   = 2
+	exitPartial = 3
+)
+
+// exitError carries an exit code for an error already reported, or to report.
+type exitError struct {
+	code int
+	err  error // nil: already reported
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit %d", e.code)
+	}
+	return e.err.Error()
+}
+func (e *exitError) Unwrap() error { return e.err }
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// run executes the command line and returns the process's exit code.
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	ctx, stop := signalContext(context.Background(), stderr)
+	defer stop()
+	g := &globalOptions{stdout: stdout, stderr: stderr, getenv: os.LookupEnv}
+	root := newRootCommand(g)
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	code := exitCode(err)
+	var ee *exitError
+	if errors.As(err, &ee) && ee.err == nil {
+		return code
+	}
+	printError(stderr, err, g.secrets)
+	return code
+}
+
+// signalContext is cancelled on the first SIGINT/SIGTERM; a second one exits at once.
+func signalContext(parent context.Context, stderr io.Writer) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(parent)
+	ch := make(chan os.Signal, 2)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		sig, ok := <-ch
+		if !ok {
+			return
+		}
+		fmt.Fprintf(stderr, "backflow: %s received: stopping (send it again to exit at once)\n", sig)
+		cancel(fmt.Errorf("%s received", sig))
+		if _, ok := <-ch; ok {
+			fmt.Fprintln(stderr, "backflow: second signal: exiting now")
+			os.Exit(exitFailed)
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(ch)
+		close(ch)
+		cancel(nil)
+	}
+}
+
+// exitCode maps an error to SPEC.md's exit codes.
+func exitCode(err error) int {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	var cfgErr *config.Error
+	var runCfgErr *pipeline.ConfigError
+	var mapErr *mapper.ConfigError
+	var usage *usageError
+	if errors.As(err, &cfgErr) || errors.As(err, &runCfgErr) || errors.As(err, &mapErr) || errors.As(err, &usage) {
+		return exitUsage
+	}
+	return exitFailed
+}
+
+// printError writes the error as one line per problem, each prefixed "backflow: ",
+// with every secret scrubbed.
+func printError(w io.Writer, err error, secrets []string) {
+	msg := logging.Scrub(err.Error(), secrets)
+	for _, line := range splitLines(msg) {
+		fmt.Fprintf(w, "backflow: %s\n", line)
+	}
+}
+
+func splitLines(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\n' {
+			if i > start {
+				out = append(out, s[start:i])
+			}
+			start = i + 1
+		}
+	}
+	if start < len(s) {
+		out = append(out, s[start:])
+	}
+	return out
+}
+
+// usageError is a wrong command line (exit code 2).
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func newRootCommand(g *globalOptions) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "backflow",
+		Short: "Reverse ETL from Parquet exports to Segment, webhooks, files and S3",
+		Long: `backflow reads the Parquet files a warehouse exports under an S3 prefix (or a local
+folder), checks them, maps every row to a Segment-spec message (identify, track or group)
+and delivers the messages to destinations, remembering what each acknowledged so the
+next run sends only what is new.`,
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
+	g.addFlags(root)
+	root.AddCommand(
+		newCheckCommand(g),
+		newSchemaCommand(g),
+		newPreviewCommand(g),
+		newSyncCommand(g),
+		newServeCommand(g),
+		newStateCommand(g),
+	)
+	return root
+}

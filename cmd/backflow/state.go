@@ -1,0 +1,117 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/backflowhq/backflow/internal/render"
+)
+
+func newStateCommand(g *globalOptions) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "state",
+		Short: "Show or reset the stored checkpoint of a sync",
+	}
+	var asJSON bool
+	show := &cobra.Command{
+		Use:   "show",
+		Short: "Print the sync's checkpoint: what every destination acknowledged",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runStateShow(cmd, g, asJSON)
+		},
+	}
+	show.Flags().BoolVar(&asJSON, "json", false, "print the checkpoint as JSON")
+	reset := &cobra.Command{
+		Use:   "reset",
+		Short: "Delete the sync's checkpoint and row hashes: the next run is a full sync",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runStateReset(cmd, g)
+		},
+	}
+	c.AddCommand(show, reset)
+	return c
+}
+
+func runStateShow(cmd *cobra.Command, g *globalOptions, asJSON bool) error {
+	ctx := cmd.Context()
+	cfg, s, err := g.loadSync()
+	if err != nil {
+		return err
+	}
+	store, err := openStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	cp, err := store.Load(ctx, s.Name)
+	if err != nil {
+		return err
+	}
+	out := cmd.OutOrStdout()
+	if asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if cp == nil {
+			return enc.Encode(map[string]any{"sync": s.Name, "checkpoint": nil})
+		}
+		return enc.Encode(cp)
+	}
+	if cp == nil {
+		fmt.Fprintf(out, "Sync %s has no checkpoint in %s: the next run is a first sync.\n", s.Name, store.String())
+		return nil
+	}
+	fmt.Fprintf(out, "Sync %s, checkpoint in %s, updated %s by run %s\n", s.Name, store.String(), cp.UpdatedAt.Format("2006-01-02T15:04:05Z07:00"), cp.LastRunID)
+	fmt.Fprintf(out, "fingerprints: mapping %s, source %s, schema %s\n\n", cp.MappingFingerprint, cp.SourceFingerprint, cp.SchemaFingerprint)
+	var names []string
+	for _, d := range s.Destinations {
+		names = append(names, d.Name)
+	}
+	keys := make([]string, 0, len(cp.Files))
+	for k := range cp.Files {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	header := []string{"KEY", "BYTES", "ROWS", "ACKNOWLEDGED", "DONE"}
+	var rows [][]string
+	done := 0
+	for _, k := range keys {
+		f := cp.Files[k]
+		var acks []string
+		for _, n := range names {
+			acks = append(acks, fmt.Sprintf("%s=%d", n, f.Acked[n]))
+		}
+		isDone := f.Rows >= 0 && f.Done(names)
+		if isDone {
+			done++
+		}
+		rows = append(rows, []string{k, strconv.FormatInt(f.Size, 10), strconv.FormatInt(f.Rows, 10), strings.Join(acks, " "), strconv.FormatBool(isDone)})
+	}
+	if err := render.Table(out, header, rows, 80); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\n%d files, %d done\n", len(keys), done)
+	return nil
+}
+
+func runStateReset(cmd *cobra.Command, g *globalOptions) error {
+	ctx := cmd.Context()
+	cfg, s, err := g.loadSync()
+	if err != nil {
+		return err
+	}
+	store, err := openStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if err := store.Reset(ctx, s.Name); err != nil {
+		return fmt.Errorf("resetting state of sync %s: %w", s.Name, err)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "Reset the checkpoint of sync %s in %s: the next run is a full sync.\n", s.Name, store.String())
+	return nil
+}

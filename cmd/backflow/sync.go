@@ -1,0 +1,125 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/backflowhq/backflow/destinations/all"
+	"github.com/backflowhq/backflow/pipeline"
+)
+
+type syncOptions struct {
+	full     bool
+	dryRun   bool
+	report   string
+	grace    time.Duration
+	progress string
+}
+
+func newSyncCommand(g *globalOptions) *cobra.Command {
+	var o syncOptions
+	c := &cobra.Command{
+		Use:   "sync",
+		Short: "Run the sync once",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runSync(cmd, g, o)
+		},
+	}
+	f := c.Flags()
+	f.BoolVar(&o.full, "full", false, "send everything again (a full sync)")
+	f.BoolVar(&o.dryRun, "dry-run", false, "read, map and count, but send nothing and write no state")
+	f.StringVar(&o.report, "report", "", "write the run report as JSON to this file")
+	f.DurationVar(&o.grace, "grace", 30*time.Second, "on SIGINT/SIGTERM, how long batches in flight may take to finish")
+	f.StringVar(&o.progress, "progress", "auto", "progress bar: auto (on a terminal), always or never")
+	return c
+}
+
+func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
+	ctx := cmd.Context()
+	cfg, s, err := g.loadSync()
+	if err != nil {
+		return err
+	}
+	switch o.progress {
+	case "auto", "always", "never":
+	default:
+		return &usageError{fmt.Errorf("--progress %q: want auto, always or never", o.progress)}
+	}
+	logger, err := g.logger()
+	if err != nil {
+		return err
+	}
+	store, err := openStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	var obs pipeline.Observer = pipeline.NopObserver{}
+	var bar *progressBar
+	if o.progress == "always" || (o.progress == "auto" && isTerminal(g.stderr)) {
+		bar = newProgressBar(g.stderr, s.Name)
+		obs = bar
+	}
+	rep, runErr := pipeline.Run(ctx, pipeline.Options{
+		Config:   cfg,
+		Sync:     s,
+		Full:     o.full,
+		DryRun:   o.dryRun,
+		Registry: all.Registry(),
+		Store:    store,
+		Logger:   logger,
+		Observer: obs,
+		Stdout:   g.stdout,
+		Version:  version,
+		Grace:    o.grace,
+	})
+	if bar != nil {
+		bar.finish()
+	}
+	if o.report != "" {
+		b, err := json.MarshalIndent(rep, "", "  ")
+		if err == nil {
+			err = os.WriteFile(o.report, append(b, '\n'), 0o644)
+		}
+		if err != nil {
+			fmt.Fprintf(g.stderr, "backflow: writing report %s: %v\n", o.report, err)
+		}
+	}
+	fmt.Fprintln(g.stderr, scrub(summary(rep), g))
+	if runErr != nil {
+		return runErr
+	}
+	if rep.Status == pipeline.StatusPartial {
+		return &exitError{code: exitPartial}
+	}
+	return nil
+}
+
+// summary is the one-paragraph account of a run printed on stderr.
+func summary(r *pipeline.Report) string {
+	kind := "incremental sync"
+	if r.FullSync {
+		kind = "full sync (" + r.FullSyncReason + ")"
+	}
+	if r.DryRun {
+		kind = "dry run, " + kind
+	}
+	s := fmt.Sprintf("%s: %s %s in %s: files %d listed, %d read, %d unchanged, %d skipped, %d rejected; rows %d read, %d sent, %d unchanged, %d rejected",
+		r.Sync, kind, r.Status, time.Duration(r.DurationMS)*time.Millisecond,
+		r.Files.Listed, r.Files.Read, r.Files.Unchanged, r.Files.Skipped, r.Files.Rejected,
+		r.Rows.Read, r.Rows.Sent, r.Rows.Unchanged, r.Rows.Rejected)
+	if r.DryRun {
+		s += fmt.Sprintf("; would send %d", r.Rows.WouldSend)
+	}
+	for name, d := range r.Destinations {
+		s += fmt.Sprintf("; %s: %d delivered, %d failed", name, d.Delivered, d.Failed)
+	}
+	if r.RejectsFile != "" {
+		s += "; rejects in " + r.RejectsFile
+	}
+	return s
+}

@@ -1,0 +1,106 @@
+package config
+
+import "time"
+
+// Defaults that other packages may want to name.
+const (
+	DefaultStateURL          = ".backflow"
+	DefaultInclude           = "*.parquet"
+	DefaultMaxRowGroupBytes  = 512 << 20 // 536870912
+	DefaultMaxRecordBytes    = 1 << 20   // 1048576
+	DefaultSegmentEndpoint   = "https://api.segment.io"
+	DefaultS3Key             = "{stream_name}/{date}/{connection_run_id}-{part}.{extension}"
+	DefaultMaxObjectRows     = 1000000
+	DefaultRetryMaxAttempts  = 8
+	DefaultRetryMaxBackoff   = 30 * time.Second
+	DefaultTimeout           = 30 * time.Second
+	DefaultMaxConcurrentRuns = 4
+	DefaultHistory           = 20
+	DefaultShutdownGrace     = 30 * time.Second
+)
+
+// perType are the defaults that depend on a destination's type.
+var perType = map[string]struct{ maxInFlight, batchSize int }{
+	DestSegment: {4, 100},
+	DestWebhook: {4, 500},
+	DestFile:    {1, 1000},
+	DestStdout:  {1, 1000},
+	DestS3:      {1, 10000},
+}
+
+// SetDefaults fills every field left at its zero value with its default. Load already
+// does this (and there a number explicitly set to 0 stays 0, so that validation refuses
+// it); SetDefaults is for code that builds a Config by hand, such as tests.
+func (c *Config) SetDefaults() { applyDefaults(c, nil) }
+
+// applyDefaults is the one place defaults live. isSet tells whether a key path was
+// written in the file; numbers and durations written explicitly (even as 0) are kept
+// for validation to judge, while empty strings always take their default. A nil
+// isSet treats every zero value as unset.
+func applyDefaults(c *Config, isSet func(path string) bool) {
+	if isSet == nil {
+		isSet = func(string) bool { return false }
+	}
+	str := func(v *string, def string) {
+		if *v == "" {
+			*v = def
+		}
+	}
+	num := func(path string, v *int, def int) {
+		if *v == 0 && !isSet(path) {
+			*v = def
+		}
+	}
+	num64 := func(path string, v *int64, def int64) {
+		if *v == 0 && !isSet(path) {
+			*v = def
+		}
+	}
+	dur := func(path string, v *time.Duration, def time.Duration) {
+		if *v == 0 && !isSet(path) {
+			*v = def
+		}
+	}
+
+	str(&c.State.URL, DefaultStateURL)
+	str(&c.State.S3.Auth.Mode, AuthDefault)
+
+	num("serve.max_concurrent_runs", &c.Serve.MaxConcurrentRuns, DefaultMaxConcurrentRuns)
+	num("serve.history", &c.Serve.History, DefaultHistory)
+	dur("serve.shutdown_grace", &c.Serve.ShutdownGrace, DefaultShutdownGrace)
+
+	for i := range c.Syncs {
+		s := &c.Syncs[i]
+		sp := indexPath("syncs", i)
+		str(&s.Source.Include, DefaultInclude)
+		str(&s.Source.Partition, PartitionAll)
+		str(&s.Source.S3.Auth.Mode, AuthDefault)
+		num64(sp+".source.limits.max_row_group_bytes", &s.Source.Limits.MaxRowGroupBytes, DefaultMaxRowGroupBytes)
+		num64(sp+".source.limits.max_record_bytes", &s.Source.Limits.MaxRecordBytes, DefaultMaxRecordBytes)
+		str(&s.Mode, ModeIncremental)
+
+		for j := range s.Destinations {
+			d := &s.Destinations[j]
+			dp := indexPath(sp+".destinations", j)
+			str(&d.Name, d.Type)
+			if t, ok := perType[d.Type]; ok {
+				num(dp+".max_in_flight", &d.MaxInFlight, t.maxInFlight)
+				num(dp+".batch_size", &d.BatchSize, t.batchSize)
+			}
+			num(dp+".retry.max_attempts", &d.Retry.MaxAttempts, DefaultRetryMaxAttempts)
+			dur(dp+".retry.max_backoff", &d.Retry.MaxBackoff, DefaultRetryMaxBackoff)
+			dur(dp+".timeout", &d.Timeout, DefaultTimeout)
+			switch d.Type {
+			case DestSegment:
+				str(&d.Endpoint, DefaultSegmentEndpoint)
+			case DestS3:
+				str(&d.Auth.Mode, AuthDefault)
+				str(&d.Format, FormatJSONL)
+				str(&d.Compression, CompressionNone)
+				str(&d.Key, DefaultS3Key)
+				str(&d.CSV.Delimiter, ",")
+				num64(dp+".max_object_rows", &d.MaxObjectRows, DefaultMaxObjectRows)
+			}
+		}
+	}
+}

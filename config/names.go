@@ -1,0 +1,39 @@
+package config
+
+// The values of the config's enumerated fields.
+const (
+	TypeIdentify = "identify"
+	TypeTrack    = "track"
+	TypeGroup    = "group"
+
+	ModeIncremental = "incremental"
+	ModeFull        = "full"
+	ModeDiff        = "diff"
+
+	PartitionAll    = "all"
+	PartitionLatest = "latest"
+
+	AuthDefault = "default"
+	AuthKeys    = "keys"
+	AuthRole    = "role"
+
+	DestSegment = "segment"
+	DestWebhook = "webhook"
+	DestFile    = "file"
+	DestStdout  = "stdout"
+	DestS3      = "s3"
+
+	FormatJSONL   = "jsonl"
+	FormatCSV     = "csv"
+	FormatParquet = "parquet"
+
+	CompressionNone = "none"
+	CompressionGzip = "gzip"
+)
+
+// DefaultPath is the config file used when neither -c nor BACKFLOW_CONFIG names one
+// (the command line picks the file).
+const DefaultPath = "backflow.yaml"
+
+// PathEnv is the environment variable that may name the config file instead of -c.
+const PathEnv = "BACKFLOW_CONFIG"

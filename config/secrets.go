@@ -1,0 +1,62 @@
+package config
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+)
+
+// Redacted replaces a secret in logs, errors and reports.
+const Redacted = "REDACTED"
+
+// Secrets returns every secret value of the configuration: write keys, secret access
+// keys, session tokens, external ids, webhook header values, and every value that came
+// from a ${VAR} expansion. Empty values are left out. Longest first, so that a secret
+// containing another is redacted whole.
+func (c *Config) Secrets() []string {
+	var out []string
+	add := func(vals ...string) {
+		for _, v := range vals {
+			if v != "" && !slices.Contains(out, v) {
+				out = append(out, v)
+			}
+		}
+	}
+	auth := func(a Auth) { add(a.SecretAccessKey, a.SessionToken, a.ExternalID) }
+	add(c.expanded...)
+	auth(c.State.S3.Auth)
+	for _, s := range c.Syncs {
+		auth(s.Source.S3.Auth)
+		for _, d := range s.Destinations {
+			add(d.WriteKey)
+			auth(d.Auth)
+			for _, k := range sortedKeys(d.Headers) {
+				add(d.Headers[k])
+			}
+		}
+	}
+	slices.SortStableFunc(out, func(a, b string) int { return cmp.Compare(len(b), len(a)) })
+	return out
+}
+
+// Redact replaces every occurrence of each secret in s with REDACTED, the longest
+// secrets first.
+func Redact(s string, secrets []string) string {
+	if s == "" || len(secrets) == 0 {
+		return s
+	}
+	sorted := slices.Clone(secrets)
+	slices.SortStableFunc(sorted, func(a, b string) int { return cmp.Compare(len(b), len(a)) })
+	pairs := make([]string, 0, 2*len(sorted))
+	for _, sec := range sorted {
+		if sec != "" {
+			pairs = append(pairs, sec, Redacted)
+		}
+	}
+	if len(pairs) == 0 {
+		return s
+	}
+	// One pass, the longest match winning at each position: a short secret is never
+	// found inside the REDACTED that replaced a longer one.
+	return strings.NewReplacer(pairs...).Replace(s)
+}

@@ -1,0 +1,503 @@
+package config
+
+import (
+	"fmt"
+	"math"
+	"net/url"
+	"os"
+	"path"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/backflowhq/backflow/destinations/s3/keytemplate"
+	"github.com/robfig/cron/v3"
+)
+
+var (
+	nameRE    = regexp.MustCompile(`^[a-z0-9_-]+$`)
+	roleARNRE = regexp.MustCompile(`^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$`)
+)
+
+// usedBy lists, per destination type, the keys it reads besides the shared ones.
+var usedBy = map[string][]string{
+	DestSegment: {"write_key", "endpoint"},
+	DestWebhook: {"url", "headers", "gzip", "non_retryable_status"},
+	DestFile:    {"path"},
+	DestStdout:  {},
+	DestS3: {"url", "endpoint", "region", "path_style", "auth", "key", "format",
+		"compression", "csv", "max_object_rows", "verify_object"},
+}
+
+// sharedKeys are taken by every destination type.
+var sharedKeys = []string{"type", "name", "max_in_flight", "rate_limit", "retry", "timeout", "batch_size"}
+
+// s3Keys are the connection keys of sources and state that only an s3:// location uses.
+var s3Keys = []string{"region", "endpoint", "path_style", "auth"}
+
+// validator checks a decoded, defaulted and resolved Config. isSet tells whether a key
+// path was written in the file.
+type validator struct {
+	p     *problems
+	isSet func(string) bool
+}
+
+func validate(c *Config, p *problems, isSet func(string) bool) {
+	v := &validator{p: p, isSet: isSet}
+	v.state(c)
+	v.serve(c.Serve)
+	if len(c.Syncs) == 0 {
+		v.p.check("syncs", "at least one sync is required")
+	}
+	names := map[string]int{}
+	files := map[string]string{}
+	for i := range c.Syncs {
+		sp := indexPath("syncs", i)
+		s := &c.Syncs[i]
+		switch {
+		case s.Name == "":
+			v.p.check(sp+".name", "is required")
+		case !nameRE.MatchString(s.Name):
+			v.p.check(sp+".name", fmt.Sprintf("%q may only contain a-z, 0-9, _ and -", s.Name))
+		default:
+			if j, dup := names[s.Name]; dup {
+				v.p.check(sp+".name", fmt.Sprintf("%q is already the name of syncs[%d]", s.Name, j))
+			} else {
+				names[s.Name] = i
+			}
+		}
+		v.source(sp+".source", &s.Source)
+		v.mapping(sp+".mapping", &s.Mapping)
+		v.oneOf(sp+".mode", s.Mode, ModeIncremental, ModeFull, ModeDiff)
+		v.schedule(sp+".schedule", s.Schedule)
+		v.destinations(sp+".destinations", s.Destinations, files)
+	}
+}
+
+// oneOf checks an enumerated value; it reports "is required" for an empty one.
+func (v *validator) oneOf(p, val string, allowed ...string) bool {
+	if slices.Contains(allowed, val) {
+		return true
+	}
+	if val == "" {
+		v.p.check(p, "is required: one of "+strings.Join(allowed, ", "))
+	} else {
+		v.p.check(p, fmt.Sprintf("%q is not one of %s", val, strings.Join(allowed, ", ")))
+	}
+	return false
+}
+
+func (v *validator) state(c *Config) {
+	u := c.State.URL
+	switch {
+	case IsS3URL(u):
+		if _, _, ok := SplitS3URL(u); !ok {
+			v.p.check("state.url", "must be s3://bucket/prefix: the bucket is missing")
+		}
+		v.s3Options("state", c.State.S3)
+	case schemeRE.MatchString(u):
+		v.p.check("state.url", "must be a local directory or s3://bucket/prefix")
+	default:
+		v.notUsed("state", s3Keys, "used only by s3:// state")
+	}
+}
+
+func (v *validator) serve(s ServeConfig) {
+	if s.MaxConcurrentRuns < 1 {
+		v.p.check("serve.max_concurrent_runs", "must be at least 1")
+	}
+	if s.History < 1 {
+		v.p.check("serve.history", "must be at least 1")
+	}
+	if s.ShutdownGrace <= 0 {
+		v.p.check("serve.shutdown_grace", "must be a positive duration")
+	}
+}
+
+// notUsed reports every key of keys set under parent.
+func (v *validator) notUsed(parent string, keys []string, msg string) {
+	for _, k := range keys {
+		if v.isSet(joinPath(parent, k)) {
+			v.p.check(joinPath(parent, k), msg)
+		}
+	}
+}
+
+func (v *validator) source(sp string, s *Source) {
+	switch {
+	case s.URL == "":
+		v.p.check(sp+".url", "is required: s3://bucket/prefix or a local directory")
+	case IsS3URL(s.URL):
+		if _, _, ok := SplitS3URL(s.URL); !ok {
+			v.p.check(sp+".url", "must be s3://bucket/prefix: the bucket is missing")
+		}
+		v.s3Options(sp, s.S3)
+	case schemeRE.MatchString(s.URL):
+		v.p.check(sp+".url", "must be s3://bucket/prefix, a local directory or a file:// URL")
+	default:
+		info, err := os.Stat(s.URL)
+		switch {
+		case err != nil && os.IsNotExist(err):
+			v.p.check(sp+".url", fmt.Sprintf("local directory %s does not exist", s.URL))
+		case err != nil:
+			v.p.check(sp+".url", fmt.Sprintf("local directory %s: %v", s.URL, unwrapPathError(err)))
+		case !info.IsDir():
+			v.p.check(sp+".url", fmt.Sprintf("%s is not a directory", s.URL))
+		}
+		v.notUsed(sp, s3Keys, "used only by an s3:// source")
+	}
+	if err := checkGlob(s.Include); err != nil {
+		v.p.check(sp+".include", err.Error())
+	}
+	v.oneOf(sp+".partition", s.Partition, PartitionAll, PartitionLatest)
+	if s.Limits.MaxRowGroupBytes <= 0 {
+		v.p.check(sp+".limits.max_row_group_bytes", "must be greater than 0")
+	}
+	if s.Limits.MaxRecordBytes <= 0 {
+		v.p.check(sp+".limits.max_record_bytes", "must be greater than 0")
+	}
+}
+
+// unwrapPathError drops the path an *os.PathError repeats.
+func unwrapPathError(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}
+
+// checkGlob accepts path.Match patterns, with ** for "any number of path segments".
+func checkGlob(pattern string) error {
+	if pattern == "" {
+		return fmt.Errorf("must not be empty")
+	}
+	if _, err := path.Match(strings.ReplaceAll(pattern, "**", "*"), ""); err != nil {
+		return fmt.Errorf("%q is not a valid glob pattern", pattern)
+	}
+	return nil
+}
+
+// s3Options checks the connection settings of an S3 location at parent.
+func (v *validator) s3Options(parent string, o S3Options) {
+	if o.Endpoint != "" && !isHTTPURL(o.Endpoint) {
+		v.p.check(parent+".endpoint", "must be an http:// or https:// URL")
+	}
+	v.auth(parent+".auth", o.Auth)
+}
+
+func (v *validator) auth(ap string, a Auth) {
+	keys := []string{"access_key_id", "secret_access_key", "session_token"}
+	role := []string{"role_arn", "external_id", "session_name"}
+	if !v.oneOf(ap+".mode", a.Mode, AuthDefault, AuthKeys, AuthRole) {
+		return
+	}
+	switch a.Mode {
+	case AuthDefault:
+		v.notUsed(ap, append(keys, role...), "not used by auth mode default")
+	case AuthKeys:
+		if a.AccessKeyID == "" {
+			v.p.check(ap+".access_key_id", "is required for auth mode keys")
+		}
+		if a.SecretAccessKey == "" {
+			v.p.check(ap+".secret_access_key", "is required for auth mode keys")
+		}
+		v.notUsed(ap, role, "not used by auth mode keys")
+	case AuthRole:
+		switch {
+		case a.RoleARN == "":
+			v.p.check(ap+".role_arn", "is required for auth mode role")
+		case !roleARNRE.MatchString(a.RoleARN):
+			v.p.check(ap+".role_arn", "must look like arn:aws:iam::123456789012:role/NAME")
+		}
+		v.notUsed(ap, keys, "not used by auth mode role (it assumes the role with the default credentials)")
+	}
+}
+
+func isHTTPURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
+}
+
+func (v *validator) mapping(mp string, m *Mapping) {
+	v.oneOf(mp+".type", m.Type, TypeIdentify, TypeTrack, TypeGroup)
+	if m.UserID == "" && m.AnonymousID == "" && !v.p.isBad(mp+".user_id") && !v.p.isBad(mp+".anonymous_id") {
+		v.p.check(mp, "needs user_id, anonymous_id or both")
+	}
+	if m.Type == TypeGroup {
+		if m.GroupID == "" {
+			v.p.check(mp+".group_id", "is required for type group")
+		}
+	} else if m.GroupID != "" || v.isSet(mp+".group_id") {
+		v.p.check(mp+".group_id", "only used by type group")
+	}
+	if m.Type == TypeTrack {
+		switch {
+		case m.Event != "" && m.EventColumn != "":
+			v.p.check(mp+".event_column", "set event or event_column, not both")
+		case m.Event == "" && m.EventColumn == "" && !v.p.isBad(mp+".event") && !v.p.isBad(mp+".event_column"):
+			v.p.check(mp, "type track needs event (a constant name) or event_column")
+		}
+	} else {
+		for _, k := range []string{"event", "event_column"} {
+			if v.isSet(joinPath(mp, k)) {
+				v.p.check(joinPath(mp, k), "only used by type track")
+			}
+		}
+	}
+
+	// An identifier column read twice would make two identifiers always equal: a typo.
+	ids := []struct{ key, col string }{{"user_id", m.UserID}, {"anonymous_id", m.AnonymousID}, {"group_id", m.GroupID}}
+	for i, id := range ids {
+		for _, prev := range ids[:i] {
+			if id.col != "" && id.col == prev.col {
+				v.p.check(joinPath(mp, id.key), fmt.Sprintf("column %q is already used by %s", id.col, prev.key))
+				break
+			}
+		}
+	}
+
+	listed := map[string]bool{}
+	for i, col := range m.Columns {
+		cp := indexPath(mp+".columns", i)
+		switch {
+		case col == "":
+			v.p.check(cp, "must not be empty")
+		case listed[col]:
+			v.p.check(cp, fmt.Sprintf("column %q is listed twice", col))
+		}
+		listed[col] = true
+	}
+
+	// Output keys: every one must be a valid dotted path, and none may equal another
+	// or be the parent object of another (`address` and `address.city`).
+	type output struct{ key, path string }
+	var outs []output
+	for _, col := range sortedKeys(m.Rename) {
+		rp := joinPath(mp+".rename", col)
+		if col == "" {
+			v.p.check(mp+".rename", "a column name must not be empty")
+			continue
+		}
+		if len(m.Columns) > 0 && !listed[col] {
+			v.p.check(rp, fmt.Sprintf("renames column %q, which is not listed in columns", col))
+		}
+		if msg := checkKeyPath(m.Rename[col]); msg != "" {
+			v.p.check(rp, msg)
+			continue
+		}
+		outs = append(outs, output{m.Rename[col], rp})
+	}
+	for _, k := range sortedKeys(m.Constants) {
+		if msg := checkKeyPath(k); msg != "" {
+			v.p.check(joinPath(mp+".constants", k), "the key "+msg)
+			continue
+		}
+		outs = append(outs, output{k, joinPath(mp+".constants", k)})
+	}
+	seen := map[string]bool{}
+	for i, col := range m.Columns {
+		if _, renamed := m.Rename[col]; !renamed && col != "" && !seen[col] && !strings.Contains(col, ".") {
+			outs = append(outs, output{col, indexPath(mp+".columns", i)})
+		}
+		seen[col] = true
+	}
+	for j, o := range outs {
+		for _, prev := range outs[:j] {
+			if msg := collide(o.key, prev.key); msg != "" {
+				v.p.check(o.path, fmt.Sprintf("%s %s", msg, prev.path))
+				break
+			}
+		}
+	}
+}
+
+// checkKeyPath returns a problem with a dotted output key, or "".
+func checkKeyPath(k string) string {
+	if k == "" {
+		return "must not be empty"
+	}
+	if slices.Contains(strings.Split(k, "."), "") {
+		return fmt.Sprintf("%q has an empty segment (dots separate nested keys: a.b)", k)
+	}
+	return ""
+}
+
+// collide describes how output key a clashes with b, or returns "".
+func collide(a, b string) string {
+	switch {
+	case a == b:
+		return fmt.Sprintf("output key %q is also written by", a)
+	case strings.HasPrefix(b, a+"."):
+		return fmt.Sprintf("output key %q would replace the object holding %q from", a, b)
+	case strings.HasPrefix(a, b+"."):
+		return fmt.Sprintf("output key %q would nest inside the value %q from", a, b)
+	}
+	return ""
+}
+
+func (v *validator) schedule(sp string, s Schedule) {
+	if s.Every != 0 && s.Cron != "" {
+		v.p.check(sp, "set every or cron, not both")
+	}
+	if (s.Every != 0 || v.isSet(sp+".every")) && s.Every < time.Second {
+		v.p.check(sp+".every", "must be at least 1s")
+	}
+	if s.Cron != "" {
+		spec := strings.TrimSpace(s.Cron)
+		if strings.HasPrefix(spec, "TZ=") || strings.HasPrefix(spec, "CRON_TZ=") {
+			v.p.check(sp+".cron", "takes no time zone: schedules run in UTC")
+		} else if _, err := cron.ParseStandard(spec); err != nil {
+			v.p.check(sp+".cron", fmt.Sprintf("is not a valid 5-field cron expression: %v", err))
+		}
+	}
+	if !s.Start.IsZero() && s.Every == 0 {
+		v.p.check(sp+".start", "only used with every")
+	}
+}
+
+func (v *validator) destinations(dp string, ds []Destination, files map[string]string) {
+	if len(ds) == 0 {
+		v.p.check(dp, "at least one destination is required")
+	}
+	names := map[string]int{}
+	for i := range ds {
+		v.destination(indexPath(dp, i), &ds[i], names, i, files)
+	}
+}
+
+func (v *validator) destination(dp string, d *Destination, names map[string]int, i int, files map[string]string) {
+	typeOK := v.oneOf(dp+".type", d.Type, DestSegment, DestWebhook, DestFile, DestStdout, DestS3)
+	switch {
+	case d.Name == "" && !typeOK:
+		// the type is reported already; the name defaults to it
+	case !nameRE.MatchString(d.Name):
+		v.p.check(dp+".name", fmt.Sprintf("%q may only contain a-z, 0-9, _ and -", d.Name))
+	default:
+		if j, dup := names[d.Name]; dup {
+			v.p.check(dp+".name", fmt.Sprintf("%q is already the name of destinations[%d]; give each destination of the same type its own name", d.Name, j))
+		} else {
+			names[d.Name] = i
+		}
+	}
+	// max_in_flight and batch_size default by type: without a type they are unset.
+	if d.MaxInFlight < 1 && (typeOK || v.isSet(dp+".max_in_flight")) {
+		v.p.check(dp+".max_in_flight", "must be at least 1")
+	}
+	if !(d.RateLimit >= 0) || math.IsInf(d.RateLimit, 0) {
+		v.p.check(dp+".rate_limit", "must be a number of requests per second, 0 or more (0: unlimited)")
+	}
+	if d.Retry.MaxAttempts < 1 {
+		v.p.check(dp+".retry.max_attempts", "must be at least 1")
+	}
+	if d.Retry.MaxBackoff <= 0 {
+		v.p.check(dp+".retry.max_backoff", "must be a positive duration")
+	}
+	if d.BatchSize < 1 && (typeOK || v.isSet(dp+".batch_size")) {
+		v.p.check(dp+".batch_size", "must be at least 1")
+	}
+	if d.Timeout <= 0 {
+		v.p.check(dp+".timeout", "must be a positive duration")
+	}
+	if !typeOK {
+		return
+	}
+	for _, f := range structKeys(destinationType) {
+		if v.isSet(joinPath(dp, f.key)) && !slices.Contains(sharedKeys, f.key) && !slices.Contains(usedBy[d.Type], f.key) {
+			v.p.check(joinPath(dp, f.key), "not used by type "+d.Type)
+		}
+	}
+
+	switch d.Type {
+	case DestSegment:
+		if d.WriteKey == "" {
+			v.p.check(dp+".write_key", "is required for type segment")
+		}
+		if !isHTTPURL(d.Endpoint) {
+			v.p.check(dp+".endpoint", "must be an http:// or https:// URL")
+		}
+	case DestWebhook:
+		if d.URL == "" {
+			v.p.check(dp+".url", "is required for type webhook")
+		} else if !isHTTPURL(d.URL) {
+			v.p.check(dp+".url", "must be an http:// or https:// URL")
+		}
+		for _, name := range sortedKeys(d.Headers) {
+			hp := joinPath(dp+".headers", name)
+			if !isToken(name) {
+				v.p.check(hp, "is not a valid HTTP header name")
+			}
+			if strings.ContainsAny(d.Headers[name], "\r\n\x00") {
+				v.p.check(hp, "the value must not contain line breaks or NUL")
+			}
+		}
+		for k, code := range d.NonRetryableStatus {
+			if code < 400 || code > 499 {
+				v.p.check(indexPath(dp+".non_retryable_status", k), fmt.Sprintf("%d is not a 4xx status code", code))
+			}
+		}
+	case DestFile:
+		if d.Path == "" {
+			v.p.check(dp+".path", "is required for type file")
+		} else if prev, dup := files[d.Path]; dup {
+			v.p.check(dp+".path", "is also written by "+prev)
+		} else {
+			files[d.Path] = dp
+		}
+	case DestS3:
+		v.s3Destination(dp, d)
+	}
+}
+
+var destinationType = reflect.TypeFor[Destination]()
+
+func (v *validator) s3Destination(dp string, d *Destination) {
+	switch {
+	case d.URL == "":
+		v.p.check(dp+".url", "is required for type s3: s3://bucket/prefix")
+	case !IsS3URL(d.URL):
+		v.p.check(dp+".url", "must be s3://bucket/prefix")
+	default:
+		if _, _, ok := SplitS3URL(d.URL); !ok {
+			v.p.check(dp+".url", "must be s3://bucket/prefix: the bucket is missing")
+		}
+	}
+	v.s3Options(dp, d.S3())
+	formatOK := v.oneOf(dp+".format", d.Format, FormatJSONL, FormatCSV, FormatParquet)
+	if v.oneOf(dp+".compression", d.Compression, CompressionNone, CompressionGzip) &&
+		d.Compression == CompressionGzip && d.Format == FormatParquet {
+		v.p.check(dp+".compression", "gzip is not used with format parquet (Parquet compresses inside, with snappy)")
+	}
+	if formatOK && d.Format != FormatCSV && v.isSet(dp+".csv") {
+		v.p.check(dp+".csv", "only used by format csv")
+	}
+	switch d.CSV.Delimiter {
+	case ",", "|", "tab", "\t":
+	default:
+		v.p.check(dp+".csv.delimiter", fmt.Sprintf("%q is not one of \",\", \"|\", \"tab\"", d.CSV.Delimiter))
+	}
+	if d.MaxObjectRows < 1 {
+		v.p.check(dp+".max_object_rows", "must be at least 1")
+	}
+	if err := keytemplate.Validate(d.Key); err != nil {
+		v.p.check(dp+".key", err.Error())
+	}
+}
+
+// isToken reports whether s is an HTTP token (RFC 9110), as header names must be.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}

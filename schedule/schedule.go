@@ -1,0 +1,209 @@
+// Package schedule runs syncs on their schedules for `backflow serve`: it parses the
+// `schedule:` of a sync (an interval or a cron expression), starts runs without ever
+// letting a sync overlap itself, bounds how many syncs run at once, shuts down
+// gracefully, and serves the HTTP endpoints (/healthz, /metrics, /syncs,
+// POST /syncs/{name}/run).
+package schedule
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/robfig/cron/v3"
+
+	"github.com/backflowhq/backflow/config"
+)
+
+// MinEvery is the shortest interval `every` accepts.
+const MinEvery = time.Second
+
+// Schedule says when a sync runs next.
+type Schedule interface {
+	// Next returns the first run time strictly after after, or the zero time when the
+	// schedule never fires again (a manual sync). It is pure: the same after gives the
+	// same answer, and it is safe for concurrent use.
+	Next(after time.Time) time.Time
+	// String describes the schedule for people ("every 1h", "cron */15 * * * *", "manual").
+	String() string
+}
+
+// Parse turns a sync's `schedule:` into a Schedule. Both fields empty is Manual; `every`
+// must be at least MinEvery; `cron` is a standard 5-field expression (or a descriptor
+// such as @hourly), always read in UTC. The error names the offending field.
+func Parse(s config.Schedule) (Schedule, error) {
+	switch {
+	case s.Every != 0 && s.Cron != "":
+		return nil, errors.New("set either every or cron, not both")
+	case s.Every == 0 && s.Cron == "":
+		if !s.Start.IsZero() {
+			return nil, errors.New("start: only applies to every, which is not set")
+		}
+		return Manual{}, nil
+	case s.Every != 0:
+		if s.Every < MinEvery {
+			return nil, fmt.Errorf("every: %s is shorter than the minimum %s", s.Every, MinEvery)
+		}
+		return Every{Interval: s.Every, Start: s.Start}, nil
+	default:
+		if !s.Start.IsZero() {
+			return nil, errors.New("start: only applies to every, not to cron")
+		}
+		c, err := ParseCron(s.Cron)
+		if err != nil {
+			return nil, fmt.Errorf("cron: %w", err)
+		}
+		return c, nil
+	}
+}
+
+// Manual is the schedule of a sync without `schedule:`: it runs only when asked
+// (POST /syncs/{name}/run).
+type Manual struct{}
+
+// Next is always the zero time: a manual sync is never started by the scheduler.
+func (Manual) Next(time.Time) time.Time { return time.Time{} }
+
+func (Manual) String() string { return "manual" }
+
+// Every runs a sync at Start + k*Interval (k = 0, 1, 2, …).
+//
+// With a zero Start the schedule has no anchor of its own and Next(after) is simply
+// after + Interval; the Server anchors such a schedule at the moment it is created
+// (when `backflow serve` starts), so the first run happens one Interval after start-up
+// and the runs never drift, however long each one takes.
+type Every struct {
+	Interval time.Duration
+	Start    time.Time
+
+	// implicit: Start was set by the server at start-up, not by the config, so String
+	// leaves it out.
+	implicit bool
+}
+
+// chunk bounds the span Next measures with one time.Duration (which saturates at about
+// 292 years): an anchor further away is first moved forward by whole intervals.
+const chunk = time.Duration(1 << 62)
+
+// Next returns the first Start + k*Interval strictly after after (Start itself when
+// after is before it), in UTC.
+func (e Every) Next(after time.Time) time.Time {
+	iv := e.Interval
+	if iv <= 0 {
+		return time.Time{} // not produced by Parse; never fire rather than spin
+	}
+	if e.Start.IsZero() {
+		return after.Add(iv).UTC()
+	}
+	start := e.Start
+	if after.Before(start) {
+		return start.UTC()
+	}
+	// Move the anchor forward by whole intervals while the gap does not fit in a
+	// Duration, so the arithmetic below can neither saturate nor overflow.
+	step := chunk / iv * iv
+	if step == 0 { // an interval longer than chunk
+		step = iv
+	}
+	for after.Sub(start) >= chunk {
+		start = start.Add(step)
+	}
+	t := start
+	if !t.After(after) {
+		t = start.Add((after.Sub(start)/iv + 1) * iv)
+	}
+	for !t.After(after) { // defensive: Next must move forward
+		t = t.Add(iv)
+	}
+	return t.UTC()
+}
+
+func (e Every) String() string {
+	s := "every " + shortDuration(e.Interval)
+	if !e.Start.IsZero() && !e.implicit {
+		s += " from " + e.Start.UTC().Format(time.RFC3339)
+	}
+	return s
+}
+
+// anchored returns e anchored at t when it has no Start of its own.
+func (e Every) anchored(t time.Time) Every {
+	if e.Start.IsZero() {
+		e.Start, e.implicit = t, true
+	}
+	return e
+}
+
+// shortDuration writes 1h instead of time.Duration's 1h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// Cron is a standard 5-field cron expression evaluated in UTC.
+type Cron struct {
+	expr  string
+	sched cron.Schedule
+}
+
+// cronParser is the standard crontab syntax: minute hour day-of-month month
+// day-of-week, plus descriptors (@hourly, @daily, …).
+var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// cronProbe is the instant from which ParseCron checks that an expression ever fires.
+var cronProbe = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// ParseCron parses a 5-field cron expression (or @hourly, @daily, @weekly, @monthly,
+// @yearly, @midnight). Time-zone prefixes are refused: backflow's cron is UTC, so a
+// schedule means the same on every machine. `@every` is refused too: that is what the
+// `every` field is for.
+func ParseCron(expr string) (c Cron, err error) {
+	expr = strings.TrimSpace(expr)
+	switch {
+	case expr == "":
+		return Cron{}, errors.New("empty expression")
+	case strings.HasPrefix(expr, "TZ=") || strings.HasPrefix(expr, "CRON_TZ="):
+		return Cron{}, fmt.Errorf("%q: time-zone prefixes are not supported; cron expressions are in UTC", expr)
+	case strings.HasPrefix(expr, "@every"):
+		return Cron{}, fmt.Errorf("%q: use `every:` for intervals", expr)
+	}
+	// The cron library has panicked on malformed input before; a config typo must be
+	// an error, never a crash.
+	defer func() {
+		if r := recover(); r != nil {
+			c, err = Cron{}, fmt.Errorf("%q: invalid expression", expr)
+		}
+	}()
+	s, err := cronParser.Parse(expr)
+	if err != nil {
+		return Cron{}, fmt.Errorf("%q: %w", expr, err)
+	}
+	c = Cron{expr: expr, sched: s}
+	if c.Next(cronProbe).IsZero() {
+		return Cron{}, fmt.Errorf("%q: no time matches it within five years", expr)
+	}
+	return c, nil
+}
+
+// Next returns the first time after after that matches the expression, read in UTC,
+// or the zero time when none does within five years.
+func (c Cron) Next(after time.Time) time.Time {
+	if c.sched == nil {
+		return time.Time{}
+	}
+	// robfig/cron reads a spec without a zone in the zone of its argument: hand it UTC.
+	t := c.sched.Next(after.UTC())
+	if t.IsZero() {
+		return t
+	}
+	return t.UTC()
+}
+
+func (c Cron) String() string { return "cron " + c.expr }

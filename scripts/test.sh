@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs backflow's whole test suite on a fresh machine with only Go installed.
+#
+# It installs MinIO (for the S3 integration tests) into the user's cache directory when it
+# is not there, then runs vet, the tests with the race detector, and a short fuzz pass.
+#
+# Environment:
+#   BACKFLOW_REQUIRE_INTEGRATION=1  fail (instead of skip) when MinIO cannot be installed
+#   BACKFLOW_PARQUET_TESTING=DIR    Apache parquet-testing checkout for the corpus tests
+#   BACKFLOW_FUZZTIME=10s           how long each fuzz target runs (0 to skip fuzzing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/backflow"
+bin="$cache/bin"
+if [ -z "${BACKFLOW_MINIO:-}" ] && ! command -v minio >/dev/null 2>&1; then
+  if [ ! -x "$bin/minio" ] || [ "$(cat "$bin/minio.version" 2>/dev/null)" != "$MINIO_VERSION" ]; then
+    echo "== installing MinIO $MINIO_VERSION into $bin (a few minutes, once)"
+    mkdir -p "$bin"
+    if GOBIN="$bin" go install "github.com/minio/minio@$MINIO_VERSION"; then
+      echo "$MINIO_VERSION" > "$bin/minio.version"
+    elif [ "${BACKFLOW_REQUIRE_INTEGRATION:-}" = "1" ]; then
+      echo "MinIO could not be installed and integration tests are required" >&2
+      exit 1
+    else
+      echo "MinIO could not be installed: S3 integration tests will be skipped" >&2
+    fi
+  fi
+  [ -x "$bin/minio" ] && export BACKFLOW_MINIO="$bin/minio"
+fi
+
+if [ -n "${BACKFLOW_PARQUET_TESTING:-}" ]; then
+  BACKFLOW_PARQUET_TESTING="$(cd "$BACKFLOW_PARQUET_TESTING" && pwd)"
+  export BACKFLOW_PARQUET_TESTING
+fi
+
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './bench/*'))
+if [ -n "$unformatted" ]; then
+  echo "gofmt would change: $unformatted" >&2
+  exit 1
+fi
+echo "== go vet"
+go vet ./... ./testdata/gen
+echo "== go test -race"
+go test -race -count=1 -timeout 25m ./...
+
+fuzztime="${BACKFLOW_FUZZTIME:-10s}"
+if [ "$fuzztime" != "0" ]; then
+  echo "== fuzz ($fuzztime each)"
+  # Every Fuzz target of the module, one at a time (go test -fuzz takes one per package).
+  go list -f '{{.ImportPath}} {{.Dir}}' ./... | while read -r pkg dir; do
+    for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
+      echo "-- $pkg $target"
+      go test -run='^$' -fuzz="^${target}\$" -fuzztime="$fuzztime" -fuzzminimizetime=5s "$pkg"
+    done
+  done
+fi
+echo "== all tests passed"
