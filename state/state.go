@@ -48,3 +48,38 @@ func (f *File) Done(dests []string) bool {
 	}
 	return true
 }
+
+// Clone returns a deep copy of c: the pipeline saves snapshots of the checkpoint while it
+// keeps mutating its working copy, so no map or pointer may be shared between the two.
+func (c *Checkpoint) Clone() *Checkpoint {
+	if c == nil {
+		return nil
+	}
+	out := *c
+	if c.Files != nil {
+		out.Files = make(map[string]*File, len(c.Files))
+		for k, f := range c.Files {
+			out.Files[k] = f.Clone()
+		}
+	}
+	return &out
+}
+
+// Clone returns a deep copy of f.
+func (f *File) Clone() *File {
+	if f == nil {
+		return nil
+	}
+	out := *f
+	if f.Acked != nil {
+		out.Acked = make(map[string]int64, len(f.Acked))
+		for d, n := range f.Acked {
+			out.Acked[d] = n
+		}
+	}
+	if f.Deleted != nil {
+		t := *f.Deleted
+		out.Deleted = &t
+	}
+	return &out
+}

@@ -10,6 +10,15 @@ import (
 // loaded (two runners of one sync at once): the later one fails cleanly.
 var ErrConflict = errors.New("checkpoint was changed by another run since it was loaded")
 
+// ErrCorrupt is matched (errors.Is) by the error of a Load or Hashes call that found a
+// stored checkpoint, history or row-hash store it cannot read. Nothing is reset silently:
+// the user decides (`backflow state reset`).
+var ErrCorrupt = errors.New("stored state is corrupt")
+
+// ErrNewerFormat is matched (errors.Is) by the error of a Load that found a checkpoint or
+// history written by a newer backflow (a format version above Version).
+var ErrNewerFormat = errors.New("stored state was written by a newer backflow")
+
 // Store keeps checkpoints, row hashes, rejects and run history for every sync of a config.
 // Its methods are safe for concurrent use by different syncs; ctx bounds each call.
 type Store interface {

@@ -1,0 +1,274 @@
+package state
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/internal/s3conn"
+)
+
+// Layout below the state location, the same for a local directory and an S3 prefix:
+//
+//	checkpoints/<sync>.json           the checkpoint (JSON, with its generation token)
+//	hashes/<sync>.db                  the row-hash store of mode diff (bbolt)
+//	rejects/<sync>/<run id>.jsonl     rejected rows of one run
+//	history/<sync>.json               the newest run reports (JSON)
+const (
+	checkpointsDir = "checkpoints"
+	hashesDir      = "hashes"
+	rejectsDir     = "rejects"
+	historyDir     = "history"
+)
+
+// Open returns the store at cfg.URL: s3://bucket/prefix (a client built from cfg.S3), or
+// a local directory (absolute after config loading; a file:// URL is accepted too). A
+// local directory is created on the first write, not by Open, so that read-only commands
+// leave no trace.
+func Open(ctx context.Context, cfg config.StateConfig) (Store, error) {
+	u := strings.TrimSpace(cfg.URL)
+	if u == "" {
+		return nil, errors.New("state.url is empty: set it to a local directory or s3://bucket/prefix")
+	}
+	if s3conn.IsURL(u) {
+		bucket, prefix, ok := s3conn.ParseURL(u)
+		if !ok {
+			return nil, fmt.Errorf("state.url %q: no bucket (want s3://bucket/prefix)", u)
+		}
+		client, err := s3conn.New(ctx, cfg.S3, bucket, 0)
+		if err != nil {
+			return nil, fmt.Errorf("state %s: %w", u, err)
+		}
+		return newS3Store(client, bucket, prefix), nil
+	}
+	if strings.Contains(u, "://") && !strings.HasPrefix(u, "file://") {
+		return nil, fmt.Errorf("state.url %q: unsupported scheme (want a local directory or s3://bucket/prefix)", u)
+	}
+	dir, err := filepath.Abs(strings.TrimPrefix(u, "file://"))
+	if err != nil {
+		return nil, fmt.Errorf("state.url %q: %w", u, err)
+	}
+	return newLocalStore(dir)
+}
+
+// checkName refuses sync names and run ids that could escape their directory or make an
+// awkward file name; the config already restricts sync names to [a-z0-9_-]+.
+func checkName(what, name string) error {
+	if name == "" {
+		return fmt.Errorf("%s is empty", what)
+	}
+	if len(name) > 200 {
+		return fmt.Errorf("%s %q is longer than 200 characters", what, name[:40]+"…")
+	}
+	if name[0] == '.' {
+		return fmt.Errorf("%s %q may not start with a dot", what, name)
+	}
+	for _, r := range name {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '.':
+		default:
+			return fmt.Errorf("%s %q: only letters, digits, '-', '_' and '.' are allowed", what, name)
+		}
+	}
+	return nil
+}
+
+// newGeneration returns a fresh random token. A random token, unlike a counter, cannot
+// come back after a reset (a runner holding generation 3 must not match a new file that
+// happens to reach 3 again).
+func newGeneration() string { return rand.Text() }
+
+// checkpointFile is a checkpoint as stored: the checkpoint's own fields plus the
+// generation token of this write.
+type checkpointFile struct {
+	*Checkpoint
+	Generation string `json:"generation"`
+}
+
+// encodeCheckpoint returns the stored form of cp with the generation token gen. It sets
+// cp.Version to the format this build writes.
+func encodeCheckpoint(cp *Checkpoint, gen string) ([]byte, error) {
+	if cp == nil {
+		return nil, errors.New("saving a nil checkpoint")
+	}
+	if err := checkName("sync name", cp.Sync); err != nil {
+		return nil, fmt.Errorf("saving checkpoint: %w", err)
+	}
+	cp.Version = Version
+	data, err := json.MarshalIndent(checkpointFile{Checkpoint: cp, Generation: gen}, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encoding checkpoint of sync %q: %w", cp.Sync, err)
+	}
+	return append(data, '\n'), nil
+}
+
+// decodeCheckpoint parses a stored checkpoint of sync found at where (a path or URL) and
+// checks it. gen is the generation token stored in it ("" when the file has none).
+func decodeCheckpoint(data []byte, sync, where string) (cp *Checkpoint, gen string, err error) {
+	corrupt := func(format string, args ...any) error {
+		return &CorruptError{What: "checkpoint", Where: where, Sync: sync, Err: fmt.Errorf(format, args...)}
+	}
+	if len(strings.TrimSpace(string(data))) == 0 {
+		return nil, "", corrupt("the file is empty")
+	}
+	f := checkpointFile{Checkpoint: &Checkpoint{}}
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, "", corrupt("%v", err)
+	}
+	cp = f.Checkpoint
+	switch {
+	case cp.Version > Version:
+		return nil, "", &NewerFormatError{What: "checkpoint", Where: where, Version: cp.Version}
+	case cp.Version < 1:
+		return nil, "", corrupt("no format version")
+	case cp.Sync != sync:
+		return nil, "", corrupt("it belongs to sync %q", cp.Sync)
+	}
+	if cp.Files == nil {
+		cp.Files = map[string]*File{}
+	}
+	for key, file := range cp.Files {
+		if file == nil {
+			return nil, "", corrupt("file %q has no entry", key)
+		}
+		if file.Key == "" {
+			file.Key = key
+		} else if file.Key != key {
+			return nil, "", corrupt("file %q is recorded under key %q", file.Key, key)
+		}
+		if file.Rows < 0 || file.Size < 0 {
+			return nil, "", corrupt("file %q has a negative size or row count", key)
+		}
+		if file.Acked == nil {
+			file.Acked = map[string]int64{}
+		}
+		for dest, n := range file.Acked {
+			if n < 0 {
+				return nil, "", corrupt("file %q: destination %q acknowledged a negative row count", key, dest)
+			}
+		}
+	}
+	return cp, f.Generation, nil
+}
+
+// storedGeneration reads only the generation token of a stored checkpoint (Save compares
+// it). A file without one (written by hand) is identified by its content instead.
+func storedGeneration(data []byte) (string, error) {
+	var f struct {
+		Generation string `json:"generation"`
+	}
+	if err := json.Unmarshal(data, &f); err != nil {
+		return "", err
+	}
+	if f.Generation == "" {
+		return contentGeneration(data), nil
+	}
+	return f.Generation, nil
+}
+
+// historyFile is a sync's run history as stored.
+type historyFile struct {
+	Version int               `json:"version"`
+	Sync    string            `json:"sync"`
+	Runs    []json.RawMessage `json:"runs"` // newest first
+}
+
+func decodeHistory(data []byte, sync, where string) ([]json.RawMessage, error) {
+	corrupt := func(format string, args ...any) error {
+		return &CorruptError{What: "run history", Where: where, Sync: sync, Err: fmt.Errorf(format, args...)}
+	}
+	if len(strings.TrimSpace(string(data))) == 0 {
+		return nil, corrupt("the file is empty")
+	}
+	var h historyFile
+	if err := json.Unmarshal(data, &h); err != nil {
+		return nil, corrupt("%v", err)
+	}
+	switch {
+	case h.Version > Version:
+		return nil, &NewerFormatError{What: "run history", Where: where, Version: h.Version}
+	case h.Version < 1:
+		return nil, corrupt("no format version")
+	case h.Sync != sync:
+		return nil, corrupt("it belongs to sync %q", h.Sync)
+	}
+	return h.Runs, nil
+}
+
+// prependHistory returns the stored history with report as its newest run, keeping keep.
+func prependHistory(runs []json.RawMessage, sync string, report []byte, keep int) ([]byte, error) {
+	out := make([]json.RawMessage, 0, min(len(runs)+1, keep))
+	out = append(out, json.RawMessage(report))
+	for _, r := range runs {
+		if len(out) == keep {
+			break
+		}
+		out = append(out, r)
+	}
+	data, err := json.Marshal(historyFile{Version: Version, Sync: sync, Runs: out})
+	if err != nil {
+		return nil, fmt.Errorf("encoding run history of sync %q: %w", sync, err)
+	}
+	return append(data, '\n'), nil
+}
+
+func checkHistoryArgs(sync string, report []byte, keep int) error {
+	if err := checkName("sync name", sync); err != nil {
+		return err
+	}
+	if keep < 1 {
+		return fmt.Errorf("keeping the run history of sync %q: keep is %d, want at least 1", sync, keep)
+	}
+	if !json.Valid(report) {
+		return fmt.Errorf("recording a run of sync %q: the report is not valid JSON", sync)
+	}
+	return nil
+}
+
+func historyToBytes(runs []json.RawMessage) [][]byte {
+	out := make([][]byte, len(runs))
+	for i, r := range runs {
+		out[i] = []byte(r)
+	}
+	return out
+}
+
+// CorruptError is a stored checkpoint, history or row-hash store that cannot be read.
+// It matches ErrCorrupt.
+type CorruptError struct {
+	What  string // "checkpoint", "run history", "row-hash store"
+	Where string // path or s3:// URL
+	Sync  string
+	Err   error
+}
+
+func (e *CorruptError) Error() string {
+	if e.What == "run history" {
+		// Reset keeps the history; the file only holds past reports.
+		return fmt.Sprintf("%s %s is corrupt: %v; delete it to start a new history", e.What, e.Where, e.Err)
+	}
+	return fmt.Sprintf("%s %s is corrupt: %v; run `backflow state reset --sync %s` to start over", e.What, e.Where, e.Err, e.Sync)
+}
+func (e *CorruptError) Unwrap() error        { return e.Err }
+func (e *CorruptError) Is(target error) bool { return target == ErrCorrupt }
+
+// NewerFormatError is stored state written by a newer backflow. It matches ErrNewerFormat.
+type NewerFormatError struct {
+	What    string
+	Where   string
+	Version int
+}
+
+func (e *NewerFormatError) Error() string {
+	return fmt.Sprintf("%s %s was written by a newer backflow (format %d; this build reads format %d and older): upgrade backflow", e.What, e.Where, e.Version, Version)
+}
+func (e *NewerFormatError) Is(target error) bool { return target == ErrNewerFormat }
+
+func conflictError(where, sync string) error {
+	return fmt.Errorf("saving checkpoint %s: %w: another backflow run of sync %q saved it (or it was reset) since this run loaded it; this run stops so that it does not overwrite that progress", where, ErrConflict, sync)
+}
