@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -119,18 +118,18 @@ type run struct {
 	delivered  []int64
 	failed     []int64
 	deliverCtx context.Context
+	cancelRead context.CancelCauseFunc
 }
 
 // openFile is one source file being read.
 type openFile struct {
-	entry    *state.File
-	f        *reader.File
-	trackers []*rangeTracker // per destination; guarded by run.mu
-	resume   []int64         // per destination: rows already acknowledged at the start
-	minStart int64
-	refs     atomic.Int32
-	failed   atomic.Bool
-	onClose  func()
+	entry   *state.File
+	f       *reader.File
+	acked   []*rangeSet // per destination: acknowledged rows, live; guarded by run.mu
+	resume  []*rangeSet // per destination: acknowledged when the run started; read-only
+	refs    atomic.Int32
+	failed  atomic.Bool
+	onClose func()
 }
 
 func (of *openFile) release() {
@@ -451,6 +450,7 @@ func (r *run) execute(ctx context.Context, src reader.Source, toRead []*state.Fi
 	// go on under deliverCtx for up to Grace after ctx is done.
 	readCtx, cancelRead := context.WithCancelCause(ctx)
 	defer cancelRead(nil)
+	r.cancelRead = cancelRead
 	deliverCtx, cancelDeliver := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelDeliver()
 	r.deliverCtx = deliverCtx
@@ -696,29 +696,41 @@ func (r *run) startFile(ctx context.Context, entry *state.File, f *reader.File, 
 	r.mu.Lock()
 	r.filesRead++
 	entry.Rows = rows
-	of.minStart = rows
-	for i, name := range r.destNames {
-		start := entry.Acked[name]
-		if start > rows || start < 0 {
-			start = 0 // the checkpoint does not fit this file: send it again whole
-			entry.Acked[name] = 0
-		}
+	for _, name := range r.destNames {
 		if r.opts.DryRun {
-			start = 0
+			break
 		}
-		of.resume = append(of.resume, start)
-		if start < of.minStart {
-			of.minStart = start
+		lead, more := entry.Acked[name], entry.AckedRanges[name]
+		if lead > rows || lead < 0 {
+			// The checkpoint does not fit this file: send it again whole.
+			lead, more = 0, nil
 		}
-		if i < len(r.dests) {
-			of.trackers = append(of.trackers, newRangeTracker(start))
+		for _, rg := range more {
+			if rg[0] < 0 || rg[1] > rows {
+				lead, more = 0, nil
+				break
+			}
 		}
-	}
-	if len(r.destNames) == 0 {
-		of.minStart = 0
+		set := newRangeSet(lead, more)
+		of.acked = append(of.acked, set)
+		of.resume = append(of.resume, set.clone())
+		entry.Acked[name] = set.leading()
 	}
 	r.dirty = true
 	r.mu.Unlock()
+
+	// needed tells whether some destination lacks a row of [start, end).
+	needed := func(start, end int64) bool {
+		if len(of.resume) == 0 {
+			return true
+		}
+		for _, set := range of.resume {
+			if !set.covers(start, end) {
+				return true
+			}
+		}
+		return false
+	}
 
 	key := entry.Key
 	of.onClose = func() {
@@ -730,7 +742,7 @@ func (r *run) startFile(ctx context.Context, entry *state.File, f *reader.File, 
 	ok := true
 	for rg := 0; rg < f.NumRowGroups(); rg++ {
 		n := f.RowGroupRows(rg)
-		if start+n > of.minStart && n > 0 {
+		if n > 0 && needed(start, start+n) {
 			of.refs.Add(1)
 			select {
 			case jobs <- rowGroupJob{file: of, index: rg, start: start}:
@@ -833,14 +845,21 @@ func (r *run) dispatch(ctx context.Context, of *openFile, lo, hi int64, msgs []m
 	var chunks []*chunk
 	var empties []*chunk
 	for d := range r.dests {
-		from := max(lo, of.resume[d])
-		if from >= hi {
+		if of.resume[d].covers(lo, hi) {
 			continue
 		}
-		first := sort.Search(len(msgs), func(i int) bool { return msgs[i].Row >= from })
-		sel := msgs[first:]
+		sel := msgs
+		if of.resume[d].intersects(lo, hi) {
+			// Leave out the rows this destination acknowledged in an earlier run.
+			sel = make([]mapper.Message, 0, len(msgs))
+			for i := range msgs {
+				if !of.resume[d].contains(msgs[i].Row) {
+					sel = append(sel, msgs[i])
+				}
+			}
+		}
 		if len(sel) == 0 {
-			empties = append(empties, &chunk{dest: d, file: of, start: from, end: hi, unit: u})
+			empties = append(empties, &chunk{dest: d, file: of, start: lo, end: hi, unit: u})
 			continue
 		}
 		size := r.batchSize[d]
@@ -848,7 +867,7 @@ func (r *run) dispatch(ctx context.Context, of *openFile, lo, hi int64, msgs []m
 			j := min(i+size, len(sel))
 			c := &chunk{dest: d, file: of, start: sel[i].Row, end: hi, msgs: sel[i:j], unit: u}
 			if i == 0 {
-				c.start = from
+				c.start = lo
 			}
 			if j < len(sel) {
 				c.end = sel[j].Row
@@ -987,7 +1006,15 @@ func (r *run) handleResult(c *chunk, err error) {
 				"destination", name, "error", err)
 		}
 		r.broken[c.dest].Store(true)
+		allBroken := true
+		for i := range r.broken {
+			allBroken = allBroken && r.broken[i].Load()
+		}
 		r.mu.Unlock()
+		if allBroken {
+			// Nothing can be delivered any more: stop reading; the next run resends.
+			r.cancelRead(errors.New("every destination failed"))
+		}
 	}
 }
 
@@ -1003,8 +1030,21 @@ func (r *run) ackLocked(c *chunk, delivered int) {
 	if len(r.delivered) > c.dest {
 		r.delivered[c.dest] += int64(delivered)
 	}
-	w := c.file.trackers[c.dest].ack(c.start, c.end)
-	c.file.entry.Acked[r.destNames[c.dest]] = w
+	set := c.file.acked[c.dest]
+	set.add(c.start, c.end)
+	name := r.destNames[c.dest]
+	c.file.entry.Acked[name] = set.leading()
+	if more := set.beyond(); more != nil {
+		if c.file.entry.AckedRanges == nil {
+			c.file.entry.AckedRanges = map[string][][2]int64{}
+		}
+		c.file.entry.AckedRanges[name] = more
+	} else {
+		delete(c.file.entry.AckedRanges, name)
+		if len(c.file.entry.AckedRanges) == 0 {
+			c.file.entry.AckedRanges = nil
+		}
+	}
 	r.dirty = true
 	if len(c.msgs) > 0 {
 		c.unit.pending--

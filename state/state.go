@@ -35,6 +35,10 @@ type File struct {
 	// Acked is, per destination name, how many leading rows of the file that destination
 	// acknowledged (rejected rows count as handled).
 	Acked map[string]int64 `json:"acked"`
+	// AckedRanges is, per destination, the row ranges [start, end) beyond Acked that the
+	// destination also acknowledged (batches are acknowledged out of order): a run that
+	// stopped resends only the rows in neither.
+	AckedRanges map[string][][2]int64 `json:"acked_ranges,omitempty"`
 	// Deleted is when the file was last seen missing from the listing.
 	Deleted *time.Time `json:"deleted,omitempty"`
 }
@@ -75,6 +79,12 @@ func (f *File) Clone() *File {
 		out.Acked = make(map[string]int64, len(f.Acked))
 		for d, n := range f.Acked {
 			out.Acked[d] = n
+		}
+	}
+	if f.AckedRanges != nil {
+		out.AckedRanges = make(map[string][][2]int64, len(f.AckedRanges))
+		for d, r := range f.AckedRanges {
+			out.AckedRanges[d] = append([][2]int64(nil), r...)
 		}
 	}
 	if f.Deleted != nil {
