@@ -89,8 +89,7 @@ func openChecked(ctx context.Context, src reader.Source, obj reader.Object, limi
 // isSourceFailure tells errors that concern the whole source (credentials, network) from
 // those of one file.
 func isSourceFailure(err error) bool {
-	var se *reader.SourceError
-	return errors.As(err, &se) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+	return !schema.IsInvalid(err) && !errors.Is(err, reader.ErrNotFound)
 }
 
 // Inspect lists the sync's files, checks each (footer and first row) and returns the

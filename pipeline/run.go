@@ -342,9 +342,8 @@ func (r *run) inferSchema(ctx context.Context, src reader.Source, objects []read
 			if errors.Is(err, reader.ErrNotFound) {
 				continue
 			}
-			var se *reader.SourceError
-			if errors.As(err, &se) {
-				return err
+			if !schema.IsInvalid(err) {
+				return err // the source failed, not the file
 			}
 			r.fileErrs[obj.Key] = err.Error()
 			continue
@@ -352,6 +351,9 @@ func (r *run) inferSchema(ctx context.Context, src reader.Source, objects []read
 		s, err := schema.Check(ctx, f, r.sync.Source.Limits, nil)
 		f.Close()
 		if err != nil {
+			if !schema.IsInvalid(err) {
+				return err
+			}
 			r.fileErrs[obj.Key] = err.Error()
 			continue
 		}
@@ -668,8 +670,16 @@ func (r *run) produce(ctx context.Context, src reader.Source, files []*state.Fil
 				r.report.Files.Vanished++
 				delete(r.cp.Files, entry.Key)
 				r.dirty = true
-			} else {
+			} else if schema.IsInvalid(res.err) {
 				r.rejectFile(entry.Key, res.err.Error())
+			} else {
+				// Reading failed (network, permissions): the run fails; nothing of the file
+				// was acknowledged, so the next run reads it again.
+				r.mu.Unlock()
+				r.setFatal(res.err)
+				r.cancelRead(res.err)
+				drain(results[i+1:])
+				return
 			}
 			r.mu.Unlock()
 			r.fileDone(entry.Key)
@@ -763,6 +773,13 @@ func (r *run) startFile(ctx context.Context, entry *state.File, f *reader.File, 
 // readRowGroup reads one row group, maps it and hands its batches to the destinations.
 func (r *run) readRowGroup(ctx context.Context, job rowGroupJob, queues []chan *chunk) {
 	defer job.file.release()
+	defer func() {
+		// Arrays decoded from a corrupt page can break the mapper's assumptions: the
+		// file is rejected, the process goes on.
+		if p := recover(); p != nil {
+			r.readFailed(ctx, job, fmt.Errorf("unreadable data: %v", p))
+		}
+	}()
 	rr, err := job.file.f.ReadRowGroup(ctx, job.index)
 	if err != nil {
 		r.readFailed(ctx, job, err)
@@ -795,6 +812,11 @@ func (r *run) readRowGroup(ctx context.Context, job rowGroupJob, queues []chan *
 		row += n
 	}
 	if err := rr.Err(); err != nil {
+		if !schema.IsInvalid(err) && ctx.Err() == nil {
+			r.setFatal(fmt.Errorf("reading %s: %w", job.file.entry.Key, err))
+			r.cancelRead(err)
+			return
+		}
 		r.readFailed(ctx, job, err)
 		return
 	}

@@ -14,6 +14,6 @@ type Column struct {
 
 // Schema is the inferred schema of a sync: the columns of the first valid file.
 type Schema struct {
-	Columns []Column
-	Arrow   *arrow.Schema
+	Columns []Column      `json:"columns"`
+	Arrow   *arrow.Schema `json:"-"`
 }
