@@ -89,7 +89,7 @@ func openChecked(ctx context.Context, src reader.Source, obj reader.Object, limi
 // isSourceFailure tells errors that concern the whole source (credentials, network) from
 // those of one file.
 func isSourceFailure(err error) bool {
-	return !schema.IsInvalid(err) && !errors.Is(err, reader.ErrNotFound)
+	return !schema.IsInvalid(err) && !errors.Is(err, reader.ErrNotFound) && !errors.Is(err, reader.ErrChanged)
 }
 
 // Inspect lists the sync's files, checks each (footer and first row) and returns the

@@ -339,7 +339,7 @@ func (r *run) inferSchema(ctx context.Context, src reader.Source, objects []read
 		}
 		f, err := r.openFile(ctx, src, obj)
 		if err != nil {
-			if errors.Is(err, reader.ErrNotFound) {
+			if errors.Is(err, reader.ErrNotFound) || errors.Is(err, reader.ErrChanged) {
 				continue
 			}
 			if !schema.IsInvalid(err) {
@@ -664,9 +664,13 @@ func (r *run) produce(ctx context.Context, src reader.Source, files []*state.Fil
 				return
 			}
 			r.mu.Lock()
-			if errors.Is(res.err, reader.ErrNotFound) {
-				r.log.Warn("file vanished between listing and reading", "key", entry.Key)
-				r.report.FileErrors = append(r.report.FileErrors, FileError{Key: entry.Key, Error: "vanished between listing and reading"})
+			if errors.Is(res.err, reader.ErrNotFound) || errors.Is(res.err, reader.ErrChanged) {
+				what := "vanished"
+				if errors.Is(res.err, reader.ErrChanged) {
+					what = "changed"
+				}
+				r.log.Warn("file "+what+" between listing and reading; the next run reads it", "key", entry.Key)
+				r.report.FileErrors = append(r.report.FileErrors, FileError{Key: entry.Key, Error: what + " between listing and reading"})
 				r.report.Files.Vanished++
 				delete(r.cp.Files, entry.Key)
 				r.dirty = true

@@ -113,6 +113,16 @@ func Describe(err error, bucket, key string) error {
 	if key != "" {
 		where += "/" + key
 	}
+	// Credentials are fetched inside the S3 call: a failure to assume the role, or to
+	// find any credentials, would otherwise read as an S3 answer ("access denied").
+	// The default chain ends with the instance metadata service: its failure means no
+	// credentials were found anywhere (also as the base credentials of a role).
+	if op := operationError(err, "ec2imds"); op != nil {
+		return &Error{Err: err, Msg: fmt.Sprintf("%s: no AWS credentials found (set auth.mode: keys, or provide them through the environment, a profile or an instance role)", where)}
+	}
+	if op := operationError(err, "STS"); op != nil {
+		return &Error{Err: err, Msg: fmt.Sprintf("%s: assuming the role failed (STS %s): %s", where, op.OperationName, describeSTS(op.Err))}
+	}
 	var apiErr smithy.APIError
 	if errors.As(err, &apiErr) {
 		switch apiErr.ErrorCode() {
@@ -147,13 +157,51 @@ func Describe(err error, bucket, key string) error {
 	var netErr net.Error
 	var urlErr *url.Error
 	var opErr *net.OpError
-	if errors.As(err, &opErr) || errors.As(err, &urlErr) || errors.As(err, &netErr) {
+	if errors.As(err, &opErr) {
+		// "dial tcp 127.0.0.1:9000: connect: connection refused" names the endpoint.
+		return &Error{Err: err, Msg: fmt.Sprintf("%s: endpoint unreachable: %v", where, opErr)}
+	}
+	if errors.As(err, &urlErr) || errors.As(err, &netErr) {
 		return &Error{Err: err, Msg: fmt.Sprintf("%s: endpoint unreachable: %v", where, rootCause(err))}
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
 	return &Error{Err: err, Msg: fmt.Sprintf("%s: %v", where, err)}
+}
+
+// operationError finds, anywhere in err's chain, the failure of an operation of service
+// (the outermost error is the S3 operation's own).
+func operationError(err error, service string) *smithy.OperationError {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if op, ok := e.(*smithy.OperationError); ok && op.ServiceID == service {
+			return op
+		}
+	}
+	return nil
+}
+
+// describeSTS says why STS refused, in words; STS messages hold no secret.
+func describeSTS(err error) string {
+	var apiErr smithy.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode() {
+		case "AccessDenied":
+			return "access denied: " + apiErr.ErrorMessage() + " (check the role's trust policy, the external id, and that the base credentials may call sts:AssumeRole)"
+		case "InvalidClientTokenId":
+			return "the base credentials' access key id is not known (bad credentials)"
+		case "SignatureDoesNotMatch":
+			return "the base credentials' secret access key does not match the access key id (bad credentials)"
+		case "ExpiredToken":
+			return "the base credentials' session token is expired"
+		}
+		return apiErr.ErrorCode() + ": " + apiErr.ErrorMessage()
+	}
+	var opErr *net.OpError
+	if errors.As(err, &opErr) {
+		return "endpoint unreachable: " + opErr.Error()
+	}
+	return rootCause(err).Error()
 }
 
 func rootCause(err error) error {
