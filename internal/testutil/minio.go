@@ -162,6 +162,14 @@ func startMinIO() (*MinIO, error) {
 			return nil, err
 		}
 		m.Client = client
+		// The health endpoint answers before the object layer is initialized
+		// (XMinioServerNotInitialized): wait until S3 calls succeed.
+		if err := waitS3(client, 60*time.Second); err != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			lastErr = fmt.Errorf("minio did not answer S3 calls: %v; output: %s", err, strings.TrimSpace(logs.String()))
+			continue
+		}
 		return m, nil
 	}
 	return nil, lastErr
@@ -178,6 +186,22 @@ func waitReady(endpoint string, timeout time.Duration) error {
 				return nil
 			}
 			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func waitS3(client *s3.Client, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := client.ListBuckets(ctx, &s3.ListBucketsInput{})
+		cancel()
+		if err == nil {
+			return nil
 		}
 		if time.Now().After(deadline) {
 			return err

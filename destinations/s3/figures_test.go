@@ -1,0 +1,143 @@
+package s3
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/backflowhq/backflow/mapper"
+)
+
+// TestFigures measures the throughput and the peak memory of writing 1M messages
+// (~200 bytes, 10 properties) to MinIO as gzip JSON lines and as Parquet:
+//
+//	BACKFLOW_FIGURES=1 BACKFLOW_REQUIRE_INTEGRATION=1 go test -run TestFigures -v ./destinations/s3/
+//
+// Messages are generated batch by batch into reused buffers, so the peak RSS growth
+// is the destination's (part buffers, gzip or Parquet row group), not the input's.
+// BACKFLOW_FIGURES_MESSAGES=N writes N messages instead (one object): the peak should
+// not depend on N.
+func TestFigures(t *testing.T) {
+	if os.Getenv("BACKFLOW_FIGURES") != "1" {
+		t.Skip("set BACKFLOW_FIGURES=1 to measure")
+	}
+	total, batch := 1_000_000, 1000
+	if n, err := strconv.Atoi(os.Getenv("BACKFLOW_FIGURES_MESSAGES")); err == nil && n > 0 {
+		total = n / batch * batch
+	}
+	for _, tc := range []struct{ format, compression string }{{"jsonl", "gzip"}, {"parquet", "none"}} {
+		t.Run(tc.format, func(t *testing.T) {
+			e := newEnv(t)
+			cfg := e.cfg(tc.format)
+			cfg.Compression = tc.compression
+			cfg.MaxObjectRows = int64(total)
+			d, err := newDestination(context.Background(), cfg, testEnv(), options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			gen := newFigureGen(batch)
+			runtime.GC()
+			debug.FreeOSMemory()
+			resetPeakRSS(t)
+			before := procStatus(t, "VmRSS")
+			start := time.Now()
+			var in int64
+			for sent := 0; sent < total; sent += batch {
+				msgs := gen.next(sent)
+				for i := range msgs {
+					in += int64(len(msgs[i].JSON))
+				}
+				if err := d.Write(context.Background(), msgs); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := d.Commit(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			elapsed := time.Since(start)
+			peak := procStatus(t, "VmHWM")
+			if err := d.Close(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			head, err := e.mio.Client.HeadObject(context.Background(), &s3.HeadObjectInput{
+				Bucket: aws.String(e.bucket), Key: aws.String(wantKey(0, d.vars.Extension))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			mb := float64(in) / 1e6
+			t.Logf("%s (%s): %d messages, %.0f MB of message JSON (%.0f bytes each) in %s: %.1f MB/s, %.0f k messages/s; object %.1f MB; RSS %d MiB before, peak %d MiB (growth %d MiB)",
+				tc.format, tc.compression, total, mb, float64(in)/float64(total), elapsed.Round(time.Millisecond), mb/elapsed.Seconds(),
+				float64(total)/elapsed.Seconds()/1000, float64(aws.ToInt64(head.ContentLength))/1e6, before>>10, peak>>10, (peak-before)>>10)
+		})
+	}
+}
+
+// figureGen makes batches of track messages of about 200 bytes with 10 properties,
+// reusing its buffers.
+type figureGen struct {
+	msgs []mapper.Message
+	buf  []byte
+}
+
+func newFigureGen(n int) *figureGen {
+	return &figureGen{msgs: make([]mapper.Message, n), buf: make([]byte, 0, n*256)}
+}
+
+var plans = []string{"free", "pro", "team", "enterprise"}
+
+func (g *figureGen) next(first int) []mapper.Message {
+	g.buf = g.buf[:0]
+	for i := range g.msgs {
+		n := first + i
+		start := len(g.buf)
+		g.buf = append(g.buf, `{"type":"track","userId":"u`...)
+		g.buf = strconv.AppendInt(g.buf, int64(n), 10)
+		g.buf = append(g.buf, `","event":"Order","properties":`...)
+		bs := len(g.buf) - start
+		g.buf = fmt.Appendf(g.buf, `{"email":"u%d@x.io","plan":"%s","amount":%d.%02d,"active":%t,"city":"Oslo","items":%d,"score":%g,"coupon":null,"src":"dw","n":%d}`,
+			n, plans[n%4], n%500, n%100, n%3 == 0, n%7, float64(n%1000)/1000, n)
+		be := len(g.buf) - start
+		g.buf = append(g.buf, `,"messageId":"`...)
+		g.buf = strconv.AppendInt(g.buf, int64(n), 36)
+		g.buf = append(g.buf, `"}`...)
+		g.msgs[i] = mapper.Message{Row: int64(n), Type: "track", Event: "Order",
+			UserID: "u" + strconv.Itoa(n), ID: strconv.FormatInt(int64(n), 36),
+			JSON: g.buf[start:len(g.buf):len(g.buf)], BodyStart: bs, BodyEnd: be}
+	}
+	return g.msgs
+}
+
+// resetPeakRSS resets VmHWM to the current RSS (Linux: clear_refs 5).
+func resetPeakRSS(t *testing.T) {
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
+		t.Logf("cannot reset the peak RSS (%v): VmHWM is the process's peak since it started", err)
+	}
+}
+
+// procStatus returns a /proc/self/status field in KiB.
+func procStatus(t *testing.T, field string) int64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		t.Skipf("no /proc/self/status: %v", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
+			n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+			return n
+		}
+	}
+	t.Fatalf("no %s in /proc/self/status", field)
+	return 0
+}

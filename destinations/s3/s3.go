@@ -1,0 +1,531 @@
+// Package s3 is the s3 destination: it writes a sync's messages as objects in a bucket
+// (JSON lines, CSV or Parquet), for warehouses and lakes to load.
+//
+// Objects are streamed: the encoded (and compressed) bytes are cut into parts uploaded
+// while the next part fills, so memory does not grow with the size of an object. An
+// object is completed (made visible, atomically) when it reaches max_object_rows, when
+// its columns must widen, and on Commit; until then nothing of it can be read, and an
+// abort removes every trace of it. Write only accepts messages: they are acknowledged
+// when a later Commit returns nil (destinations.Committer).
+package s3
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/destinations"
+	"github.com/backflowhq/backflow/destinations/s3/keytemplate"
+	"github.com/backflowhq/backflow/internal/s3conn"
+	"github.com/backflowhq/backflow/mapper"
+)
+
+// Interface guards.
+var (
+	_ destinations.Destination = (*Destination)(nil)
+	_ destinations.Committer   = (*Destination)(nil)
+	_ destinations.Checker     = (*Destination)(nil)
+)
+
+const (
+	// defaultPartSize is the size of every part but the last; S3 needs at least 5 MiB.
+	defaultPartSize = 8 << 20
+	// defaultPartsInFlight is how many parts upload while the next one fills.
+	defaultPartsInFlight = 2
+	// maxKeyBytes is S3's limit on a key, prefix included.
+	maxKeyBytes = 1024
+)
+
+// options are the knobs tests turn; New uses the defaults.
+type options struct {
+	mem           memory.Allocator
+	partSize      int
+	partsInFlight int
+	rowGroupRows  int   // Parquet
+	client        s3API // nil: built from the config
+}
+
+// Destination writes messages as objects under s3://bucket/prefix.
+type Destination struct {
+	name        string
+	client      s3API
+	bucket      string
+	prefix      string // "" or ends with "/"
+	template    string
+	vars        keytemplate.Vars // Part and Extension are set per object
+	format      string           // jsonl | csv | parquet
+	gzip        bool
+	delim       byte
+	quoteAll    bool
+	maxRows     int64 // 0: no limit
+	verify      string
+	timeout     time.Duration
+	mem         memory.Allocator
+	rowGroup    int // Parquet rows per row group
+	createdBy   string
+	contentType string
+	log         *slog.Logger
+	base        context.Context // outlives calls: part uploads and clean-up run under it
+
+	// mu serializes Write, Commit and Close (max_in_flight may be > 1).
+	mu     sync.Mutex
+	pool   *partPool
+	flat   flattener
+	obj    *object  // the open object, nil between objects
+	cols   *columns // CSV/Parquet: the columns of the last object, inherited by the next
+	part   int      // the next object's {part}
+	closed bool
+	// pending counts the messages accepted since the last successful Commit.
+	pending int64
+	// lost counts accepted messages whose object was aborted: they can never be
+	// committed, so every later Write, Commit and Close fails with lostErr.
+	lost    int64
+	lostErr error
+}
+
+// object is one object being written.
+type object struct {
+	key      string
+	up       *objectUpload
+	enc      encoder
+	cols     *columns
+	rows     int64 // rows encoded
+	accepted int64 // rows of Writes that returned nil
+}
+
+// discard aborts the upload of o, then releases its encoder. In that order: what the
+// encoder still holds (a Parquet row group, a gzip trailer) is dropped, not uploaded.
+func (o *object) discard() error {
+	err := o.up.abort()
+	o.enc.release()
+	return err
+}
+
+// New builds an s3 destination from its validated config (the destinations.Factory
+// signature). It makes no request but the lookup of the bucket's region when none is
+// configured (s3conn.New); Check reaches the bucket.
+func New(ctx context.Context, cfg config.Destination, env destinations.Env) (destinations.Destination, error) {
+	return newDestination(ctx, cfg, env, options{})
+}
+
+func newDestination(ctx context.Context, cfg config.Destination, env destinations.Env, opts options) (*Destination, error) {
+	name := cfg.Name
+	if name == "" {
+		name = cfg.Type
+	}
+	if name == "" {
+		name = "s3"
+	}
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("destination %s: "+format, append([]any{name}, args...)...)
+	}
+	bucket, prefix, ok := s3conn.ParseURL(cfg.URL)
+	if !ok {
+		return nil, fail("url %q must be s3://bucket/prefix", cfg.URL)
+	}
+	if prefix != "" && !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	d := &Destination{
+		name: name, bucket: bucket, prefix: prefix,
+		template:  cfg.Key,
+		format:    cfg.Format,
+		maxRows:   cfg.MaxObjectRows,
+		verify:    strings.TrimPrefix(cfg.VerifyObject, "/"),
+		timeout:   cfg.Timeout,
+		mem:       opts.mem,
+		createdBy: "backflow",
+		log:       env.Logger,
+		base:      context.WithoutCancel(ctx),
+		delim:     ',',
+		quoteAll:  cfg.CSV.QuoteAll,
+	}
+	if env.Version != "" {
+		d.createdBy = "backflow version " + env.Version
+	}
+	if d.template == "" {
+		d.template = keytemplate.Default
+	}
+	if err := keytemplate.Validate(d.template); err != nil {
+		return nil, fail("key %q: %w", d.template, err)
+	}
+	if d.format == "" {
+		d.format = "jsonl"
+	}
+	switch cfg.Compression {
+	case "", "none":
+	case "gzip":
+		d.gzip = true
+	default:
+		return nil, fail("compression %q is not one of none, gzip", cfg.Compression)
+	}
+	ext := d.format
+	switch d.format {
+	case "jsonl":
+		d.contentType = "application/x-ndjson"
+	case "csv":
+		d.contentType = "text/csv"
+		switch cfg.CSV.Delimiter {
+		case "", ",":
+		case "|":
+			d.delim = '|'
+		case "tab", "\t":
+			d.delim = '\t'
+		default:
+			return nil, fail("csv.delimiter %q is not one of \",\", \"|\", \"tab\"", cfg.CSV.Delimiter)
+		}
+	case "parquet":
+		if d.gzip {
+			return nil, fail("compression gzip is not used with format parquet (Parquet compresses inside, with snappy)")
+		}
+		d.contentType = "application/vnd.apache.parquet"
+	default:
+		return nil, fail("format %q is not one of jsonl, csv, parquet", d.format)
+	}
+	if d.gzip {
+		ext += ".gz"
+		d.contentType = "application/gzip"
+	}
+	if d.maxRows < 0 {
+		return nil, fail("max_object_rows must not be negative")
+	}
+	if d.timeout <= 0 {
+		d.timeout = s3conn.DefaultTimeout
+	}
+	if d.mem == nil {
+		d.mem = memory.DefaultAllocator
+	}
+	d.rowGroup = opts.rowGroupRows
+	if d.rowGroup <= 0 {
+		d.rowGroup = defaultRowGroupRows
+	}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	d.log = d.log.With("destination", name)
+	d.vars = keytemplate.Vars{
+		StreamName:   env.Sync,
+		StreamID:     stableID("stream", env.Sync),
+		ConnectionID: stableID("connection", env.Sync, name),
+		RunID:        env.RunID,
+		Time:         env.RunStarted.UTC(),
+		Extension:    ext,
+	}
+	if d.vars.Time.IsZero() {
+		d.vars.Time = time.Now().UTC()
+	}
+	// Expanding the first key now turns a run id or sync name the key cannot hold into
+	// a configuration error instead of a failed run.
+	if _, err := d.key(0); err != nil {
+		return nil, fail("%w", err)
+	}
+	partSize, inFlight := opts.partSize, opts.partsInFlight
+	if partSize <= 0 {
+		partSize = defaultPartSize
+	}
+	if inFlight <= 0 {
+		inFlight = defaultPartsInFlight
+	}
+	d.pool = newPartPool(partSize, inFlight)
+	if opts.client != nil {
+		d.client = opts.client
+	} else {
+		client, err := s3conn.New(ctx, cfg.S3(), bucket, cfg.Retry.MaxAttempts)
+		if err != nil {
+			return nil, fail("%w", err)
+		}
+		d.client = client
+	}
+	return d, nil
+}
+
+// stableID is a short id that depends only on its parts: 16 hex digits of their SHA-256.
+func stableID(kind string, parts ...string) string {
+	h := sha256.New()
+	h.Write([]byte("backflow/" + kind))
+	for _, p := range parts {
+		h.Write([]byte{0})
+		h.Write([]byte(p))
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// key returns the full object key of part.
+func (d *Destination) key(part int) (string, error) {
+	v := d.vars
+	v.Part = part
+	k, err := keytemplate.Expand(d.template, v)
+	if err != nil {
+		return "", fmt.Errorf("key %q: %w", d.template, err)
+	}
+	k = d.prefix + k
+	if len(k) > maxKeyBytes {
+		return "", fmt.Errorf("the object key %q is %d bytes long, over S3's limit of %d", k, len(k), maxKeyBytes)
+	}
+	return k, nil
+}
+
+// Write encodes msgs into the open object, starting (and completing) objects as
+// max_object_rows and the columns require. nil means the messages are accepted: they
+// are acknowledged when a later Commit returns nil. A *destinations.BatchError lists the
+// messages whose traits/properties could not be read (CSV, Parquet); the others are
+// accepted. On any other error none of msgs is accepted; when the failure cost the open
+// object, the messages accepted into it earlier are lost and every later call fails (the
+// run must end; the next run sends them again).
+func (d *Destination) Write(ctx context.Context, msgs []mapper.Message) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return destinations.ErrClosed
+	}
+	if d.lostErr != nil {
+		return d.lostErr
+	}
+	if err := context.Cause(ctx); err != nil {
+		return err // nothing started: the open object stays intact
+	}
+	var (
+		written  int64
+		failed   []destinations.Failure
+		offset   int // index in the caller's msgs of msgs[0]
+		rejected int // rejected messages in the current encode call
+	)
+	reject := func(i int, err error) {
+		rejected++
+		failed = append(failed, destinations.Failure{Index: offset + i, Err: err})
+	}
+	for len(msgs) > 0 {
+		if d.obj == nil {
+			if err := d.open(msgs); err != nil {
+				return err
+			}
+		}
+		o := d.obj
+		n := len(msgs)
+		if d.maxRows > 0 {
+			n = int(min(int64(n), d.maxRows-o.rows))
+		}
+		rejected = 0
+		k, err := d.encode(ctx, o, msgs[:n], reject)
+		o.rows += int64(k - rejected)
+		written += int64(k - rejected)
+		if err != nil {
+			return d.abortOnError(o, fmt.Errorf("writing s3://%s/%s: %w", d.bucket, o.key, err))
+		}
+		if k == 0 && o.rows == 0 {
+			// Cannot happen: an object's columns are derived from its first messages.
+			return d.abortOnError(o, fmt.Errorf("writing s3://%s/%s: message %d fits no columns", d.bucket, o.key, offset))
+		}
+		msgs = msgs[k:]
+		offset += k
+		full := d.maxRows > 0 && o.rows >= d.maxRows
+		if full || k < n {
+			// Full, or msgs[0] has a key or a type the object's columns cannot take:
+			// complete it; the next object widens the columns with the rest of msgs.
+			if err := d.completeObject(ctx, o); err != nil {
+				return err
+			}
+		}
+	}
+	if d.obj != nil {
+		d.obj.accepted = d.obj.rows
+	}
+	d.pending += written
+	if len(failed) > 0 {
+		return &destinations.BatchError{Failed: failed}
+	}
+	return nil
+}
+
+// encode runs enc.write under ctx: when ctx ends first, the upload's requests are
+// cancelled and an error is returned.
+func (d *Destination) encode(ctx context.Context, o *object, msgs []mapper.Message, reject func(int, error)) (int, error) {
+	stop := o.up.bind(ctx)
+	k, err := o.enc.write(msgs, reject)
+	if !stop() {
+		// ctx ended during the call: parts may have failed, the object is unusable.
+		if err == nil {
+			err = context.Cause(ctx)
+		}
+		return k, err
+	}
+	if err == nil {
+		err = o.up.failed()
+	}
+	return k, err
+}
+
+// open starts the object of d.part, with columns derived from msgs (its first batch)
+// added to those of the previous object.
+func (d *Destination) open(msgs []mapper.Message) error {
+	key, err := d.key(d.part)
+	if err != nil {
+		return fmt.Errorf("destination %s: %w", d.name, err)
+	}
+	o := &object{key: key}
+	o.up = newObjectUpload(d.base, d.client, d.bucket, key, d.contentType, d.pool, d.timeout)
+	if d.format != "jsonl" {
+		cols := d.cols
+		if cols == nil {
+			cols = newColumns(d.format == "parquet")
+		} else {
+			cols = cols.clone()
+		}
+		cols.widenWith(&d.flat, msgs)
+		cols.settle()
+		o.cols = cols
+	}
+	switch d.format {
+	case "jsonl":
+		o.enc = &jsonlEncoder{s: newStream(o.up, d.gzip)}
+	case "csv":
+		o.enc, err = newCSVEncoder(newStream(o.up, d.gzip), o.cols, &d.flat, d.delim, d.quoteAll)
+	case "parquet":
+		o.enc, err = newParquetEncoder(o.up, o.cols, &d.flat, d.mem, d.createdBy, d.rowGroup)
+	}
+	if err != nil { // the constructor released what it had made
+		_ = o.up.abort()
+		return fmt.Errorf("destination %s: starting s3://%s/%s: %w", d.name, d.bucket, key, err)
+	}
+	d.obj = o
+	d.cols = o.cols
+	d.part++
+	return nil
+}
+
+// completeObject finishes the encoding of o and makes it visible; an object without
+// rows is dropped instead. On failure o is aborted and its messages are lost.
+func (d *Destination) completeObject(ctx context.Context, o *object) error {
+	d.obj = nil
+	if o.rows == 0 {
+		return o.discard()
+	}
+	stop := o.up.bind(ctx)
+	err := o.enc.finish()
+	if err == nil {
+		err = o.up.complete()
+	}
+	stop()
+	if err != nil {
+		return d.abortOnError(o, fmt.Errorf("completing s3://%s/%s: %w", d.bucket, o.key, err))
+	}
+	d.log.Debug("s3 object completed", "key", o.key, "rows", o.rows, "bytes", o.up.size)
+	return nil
+}
+
+// abortOnError aborts o after err and records the accepted messages it held as lost.
+func (d *Destination) abortOnError(o *object, err error) error {
+	if aerr := o.discard(); aerr != nil {
+		err = errors.Join(err, aerr)
+	}
+	d.obj = nil
+	if o.accepted > 0 {
+		d.lost += o.accepted
+		d.lostErr = fmt.Errorf("destination %s: %d accepted messages were lost with the aborted upload of s3://%s/%s (they were not acknowledged; the next run sends them again): %v",
+			d.name, d.lost, d.bucket, o.key, err)
+		return d.lostErr
+	}
+	return err
+}
+
+// Commit completes the open object. It returns nil only when every message accepted
+// since the last Commit is in a completed object; the pipeline then acknowledges them.
+// An object with no message is not written.
+func (d *Destination) Commit(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return destinations.ErrClosed
+	}
+	if d.lostErr != nil {
+		return d.lostErr
+	}
+	if o := d.obj; o != nil {
+		if err := d.completeObject(ctx, o); err != nil {
+			return err
+		}
+	}
+	d.pending = 0
+	return nil
+}
+
+// Close releases the destination. Messages accepted since the last Commit are not
+// acknowledged: the open upload is aborted (nothing of it becomes visible) and Close
+// says how many messages were not committed.
+func (d *Destination) Close(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	var errs []error
+	aborted := ""
+	if o := d.obj; o != nil {
+		if err := o.discard(); err != nil {
+			errs = append(errs, err)
+		}
+		d.obj = nil
+		if o.rows > 0 {
+			aborted = fmt.Sprintf("; the open upload of s3://%s/%s (%d of them) was aborted, nothing of it is visible", d.bucket, o.key, o.accepted)
+		}
+	}
+	if d.lostErr != nil {
+		errs = append([]error{d.lostErr}, errs...)
+	} else if d.pending > 0 {
+		errs = append([]error{fmt.Errorf("destination %s: closed without a commit: %d accepted messages are not acknowledged (the next run sends them again)%s",
+			d.name, d.pending, aborted)}, errs...)
+	}
+	d.pending = 0
+	return errors.Join(errs...)
+}
+
+// Check reaches the bucket with the configured credentials (HeadBucket), makes sure
+// they may write to it (a multipart upload is started and aborted: nothing becomes
+// visible) and, with verify_object, that this object exists in the bucket.
+func (d *Destination) Check(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	if _, err := d.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(d.bucket)}); err != nil {
+		err = s3conn.Describe(err, d.bucket, "")
+		var se *s3conn.Error
+		if errors.As(err, &se) && se.NotFound {
+			// HeadBucket answers a bare 404, which Describe cannot tell from a missing object.
+			return fmt.Errorf("destination %s: s3://%s: no such bucket", d.name, d.bucket)
+		}
+		return fmt.Errorf("destination %s: %w", d.name, err)
+	}
+	if d.verify != "" {
+		_, err := d.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(d.bucket), Key: aws.String(d.verify)})
+		if err != nil {
+			err = s3conn.Describe(err, d.bucket, d.verify)
+			var se *s3conn.Error
+			if errors.As(err, &se) && se.NotFound {
+				return fmt.Errorf("destination %s: verify_object s3://%s/%s does not exist: create it to show the bucket is yours", d.name, d.bucket, d.verify)
+			}
+			return fmt.Errorf("destination %s: verify_object: %w", d.name, err)
+		}
+	}
+	key := d.prefix + ".backflow-check-" + stableID("check", d.vars.RunID, d.name)
+	out, err := d.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: aws.String(d.bucket), Key: aws.String(key)})
+	if err != nil {
+		return fmt.Errorf("destination %s: cannot write: %w", d.name, s3conn.Describe(err, d.bucket, key))
+	}
+	_, err = d.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: aws.String(d.bucket), Key: aws.String(key), UploadId: out.UploadId})
+	if err != nil {
+		return fmt.Errorf("destination %s: cannot abort a multipart upload (s3:AbortMultipartUpload is needed; upload %s stays until aborted): %w",
+			d.name, aws.ToString(out.UploadId), s3conn.Describe(err, d.bucket, key))
+	}
+	return nil
+}
