@@ -1,5 +1,10 @@
 // Package mapper turns Arrow record batches into Segment-spec messages, JSON-encoded once,
 // straight from the Arrow columns.
+//
+// New checks a mapping against a schema and compiles it: which columns hold the
+// identifiers, the event and the timestamp, and the tree of keys the traits or properties
+// object is made of. Map then walks a record batch row by row and appends each message's
+// bytes to one buffer: no per-row map, no reflection, no encoding/json.
 package mapper
 
 // Message is one row as a Segment-spec message, already encoded.
@@ -16,7 +21,8 @@ type Message struct {
 	// Key identifies the entity the row speaks of (type and identifiers): mode diff keys
 	// its row-hash store by it, and stores ID as the content hash.
 	Key string
-	// JSON is the whole message as a destination receives it.
+	// JSON is the whole message as a destination receives it. Messages of one Map call
+	// share a backing array (each JSON's capacity ends where it does): do not modify it.
 	JSON []byte
 	// BodyStart and BodyEnd delimit, within JSON, the traits or properties object.
 	BodyStart, BodyEnd int
