@@ -2,8 +2,12 @@ package destinations
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/backflowhq/backflow/config"
@@ -29,4 +33,49 @@ type Factory func(ctx context.Context, cfg config.Destination, env Env) (Destina
 // The pipeline calls Commit at the end of a run and before a graceful stop.
 type Committer interface {
 	Commit(ctx context.Context) error
+}
+
+// Registry maps destination types to their factories. Registration is explicit, in one
+// place (package destinations/all), as restic registers its backends: no init() magic.
+type Registry struct {
+	factories map[string]Factory
+}
+
+// NewRegistry returns an empty registry.
+func NewRegistry() *Registry {
+	return &Registry{factories: map[string]Factory{}}
+}
+
+// Register adds the factory of typ. Registering a type twice, an empty type or a nil
+// factory is a programmer error: it panics.
+func (r *Registry) Register(typ string, f Factory) {
+	if typ == "" || f == nil {
+		panic("destinations: Register needs a type and a factory")
+	}
+	if _, dup := r.factories[typ]; dup {
+		panic(fmt.Sprintf("destinations: type %q registered twice", typ))
+	}
+	r.factories[typ] = f
+}
+
+// Types returns the registered types, sorted.
+func (r *Registry) Types() []string {
+	return slices.Sorted(maps.Keys(r.factories))
+}
+
+// New builds the destination cfg describes and wraps it (see Wrap) with its retry,
+// rate-limit, timeout and splitting settings. env.Logger may be nil.
+func (r *Registry) New(ctx context.Context, cfg config.Destination, env Env) (Destination, error) {
+	f, ok := r.factories[cfg.Type]
+	if !ok {
+		return nil, fmt.Errorf("unknown destination type %q (known: %s)", cfg.Type, strings.Join(r.Types(), ", "))
+	}
+	if env.Logger == nil {
+		env.Logger = slog.New(slog.DiscardHandler)
+	}
+	d, err := f(ctx, cfg, env)
+	if err != nil {
+		return nil, fmt.Errorf("creating %s destination: %w", cfg.Type, err)
+	}
+	return Wrap(d, cfg, env.Logger), nil
 }

@@ -1,0 +1,337 @@
+package destinationstest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/backflowhq/backflow/destinations"
+	"github.com/backflowhq/backflow/mapper"
+)
+
+// NewDestination returns a fresh destination, built and wrapped as the registry builds it
+// (retries with at least 3 attempts and a max_backoff of well under a second), and the
+// receiver at its far end. The suite closes the destination.
+type NewDestination func(t *testing.T) (destinations.Destination, Receiver)
+
+// wait bounds how long the suite waits for anything.
+const wait = 20 * time.Second
+
+// RunSuite checks the behaviour every destination promises (destinations.Destination's
+// contract). Faults are only injected where the receiver's Capabilities allow.
+func RunSuite(t *testing.T, newDest NewDestination) {
+	t.Run("Deliver", func(t *testing.T) { testDeliver(t, newDest) })
+	t.Run("DuplicateIDs", func(t *testing.T) { testDuplicateIDs(t, newDest) })
+	t.Run("Empty", func(t *testing.T) { testEmpty(t, newDest) })
+	t.Run("PartialFailure", func(t *testing.T) { testPartialFailure(t, newDest) })
+	t.Run("Retry", func(t *testing.T) { testRetry(t, newDest) })
+	t.Run("CancelBefore", func(t *testing.T) { testCancelBefore(t, newDest) })
+	t.Run("CancelMidWrite", func(t *testing.T) { testCancelMidWrite(t, newDest) })
+	t.Run("CloseInFlight", func(t *testing.T) { testCloseInFlight(t, newDest) })
+}
+
+func open(t *testing.T, newDest NewDestination) (destinations.Destination, Receiver) {
+	d, r := newDest(t)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		d.Close(ctx) // a second Close must be harmless too
+	})
+	return d, r
+}
+
+func write(t *testing.T, d destinations.Destination, msgs []mapper.Message) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	return d.Write(ctx, msgs)
+}
+
+func closeDest(t *testing.T, d destinations.Destination) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if err := d.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
+
+// counts maps each received id to how many times it arrived.
+func counts(r Receiver) (map[string]int, map[string][]byte) {
+	c := map[string]int{}
+	last := map[string][]byte{}
+	for _, m := range r.Received() {
+		c[m.ID]++
+		last[m.ID] = m.JSON
+	}
+	return c, last
+}
+
+// testDeliver: concurrent Writes deliver every message exactly once, unchanged.
+func testDeliver(t *testing.T, newDest NewDestination) {
+	d, r := open(t, newDest)
+	const writers, per = 5, 60
+	all := Messages("deliver", writers*per)
+	errs := make([]error, writers)
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() { errs[w] = write(t, d, all[w*per:(w+1)*per]) })
+	}
+	wg.Wait()
+	for w, err := range errs {
+		if err != nil {
+			t.Fatalf("Write %d: %v", w, err)
+		}
+	}
+	closeDest(t, d)
+	got, last := counts(r)
+	if len(got) != len(all) {
+		t.Errorf("received %d distinct messages, want %d", len(got), len(all))
+	}
+	for _, m := range all {
+		if got[m.ID] != 1 {
+			t.Errorf("message %s received %d times, want 1", m.ID, got[m.ID])
+			continue
+		}
+		CheckSame(t, m, last[m.ID])
+	}
+}
+
+// testDuplicateIDs: two messages with the same id, in one Write or in concurrent
+// Writes, are both tracked and both acknowledged.
+func testDuplicateIDs(t *testing.T, newDest NewDestination) {
+	d, r := open(t, newDest)
+	msgs := Messages("dup", 3)
+	if err := write(t, d, []mapper.Message{msgs[0], msgs[1], msgs[0]}); err != nil {
+		t.Fatalf("Write with a repeated id: %v", err)
+	}
+	same := Messages("dupc", 20)
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i := range errs {
+		wg.Go(func() { errs[i] = write(t, d, same) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("concurrent Write %d of the same messages: %v", i, err)
+		}
+	}
+	closeDest(t, d)
+	got, _ := counts(r)
+	if got[msgs[0].ID] != 2 || got[msgs[1].ID] != 1 {
+		t.Errorf("repeated id received %d times (want 2), other %d times (want 1)", got[msgs[0].ID], got[msgs[1].ID])
+	}
+	for _, m := range same {
+		if got[m.ID] != 2 {
+			t.Errorf("message %s written twice concurrently, received %d times", m.ID, got[m.ID])
+		}
+	}
+}
+
+func testEmpty(t *testing.T, newDest NewDestination) {
+	d, r := open(t, newDest)
+	if err := write(t, d, nil); err != nil {
+		t.Fatalf("Write(nil): %v", err)
+	}
+	closeDest(t, d)
+	if n := len(r.Received()); n != 0 {
+		t.Errorf("an empty Write delivered %d messages", n)
+	}
+}
+
+// testPartialFailure: a receiver refusing some messages makes Write return a *BatchError
+// listing exactly them; every other message arrives once.
+func testPartialFailure(t *testing.T, newDest NewDestination) {
+	d, r := open(t, newDest)
+	if !r.Capabilities().Refuse {
+		t.Skip("receiver cannot refuse messages")
+	}
+	msgs := Messages("partial", 40)
+	poison := []int{0, 13, 14, 39}
+	for _, i := range poison {
+		r.RefuseUsers(msgs[i].UserID)
+	}
+	err := write(t, d, msgs)
+	var be *destinations.BatchError
+	if !errors.As(err, &be) {
+		t.Fatalf("Write = %v, want a *BatchError", err)
+	}
+	var idx []int
+	for _, f := range be.Failed {
+		idx = append(idx, f.Index)
+		if f.Err == nil || destinations.IsRetryable(f.Err) {
+			t.Errorf("failure of message %d: %v, want a permanent error", f.Index, f.Err)
+		}
+	}
+	if !slices.Equal(idx, poison) {
+		t.Errorf("refused indices %v, want %v", idx, poison)
+	}
+	closeDest(t, d)
+	got, _ := counts(r)
+	for i, m := range msgs {
+		want := 1
+		if slices.Contains(poison, i) {
+			want = 0
+		}
+		if got[m.ID] != want {
+			t.Errorf("message %d received %d times, want %d", i, got[m.ID], want)
+		}
+	}
+}
+
+// testRetry: transient failures are retried until the batch is acknowledged.
+func testRetry(t *testing.T, newDest NewDestination) {
+	d, r := open(t, newDest)
+	if !r.Capabilities().Fail {
+		t.Skip("receiver cannot fail requests")
+	}
+	r.FailNext(2)
+	msgs := Messages("retry", 10)
+	if err := write(t, d, msgs); err != nil {
+		t.Fatalf("Write after 2 transient failures: %v", err)
+	}
+	closeDest(t, d)
+	got, _ := counts(r)
+	for _, m := range msgs {
+		if got[m.ID] != 1 {
+			t.Errorf("message %s received %d times, want 1", m.ID, got[m.ID])
+		}
+	}
+}
+
+// testCancelBefore: a Write with a done context fails at once and sends nothing.
+func testCancelBefore(t *testing.T, newDest NewDestination) {
+	d, r := open(t, newDest)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	start := time.Now()
+	err := d.Write(ctx, Messages("cancelled", 10))
+	if err == nil || isBatchError(err) {
+		t.Fatalf("Write with a cancelled context = %v, want an error claiming nothing", err)
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("Write with a cancelled context = %v, want it to wrap context.Canceled", err)
+	}
+	if el := time.Since(start); el > time.Second {
+		t.Errorf("Write with a cancelled context took %s", el)
+	}
+	closeDest(t, d)
+	if n := len(r.Received()); n != 0 {
+		t.Errorf("a cancelled Write delivered %d messages", n)
+	}
+}
+
+// testCancelMidWrite: cancelling a Write whose request hangs returns promptly, claiming nothing.
+func testCancelMidWrite(t *testing.T, newDest NewDestination) {
+	d, r := open(t, newDest)
+	if !r.Capabilities().Stall {
+		t.Skip("receiver cannot stall requests")
+	}
+	arrived, release := r.Stall()
+	defer release()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- d.Write(ctx, Messages("midcancel", 10)) }()
+	select {
+	case <-arrived:
+	case <-time.After(wait):
+		t.Fatal("the request never reached the receiver")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil || isBatchError(err) {
+			t.Fatalf("cancelled Write = %v, want an error claiming nothing", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Write did not return within 5s of its context being cancelled")
+	}
+}
+
+// testCloseInFlight: Close while Writes are in flight; every Write returns, and what was
+// acknowledged arrived.
+func testCloseInFlight(t *testing.T, newDest NewDestination) {
+	d, r := open(t, newDest)
+	const writers, per = 4, 50
+	release := func() {}
+	var arrived <-chan struct{}
+	if r.Capabilities().Stall {
+		arrived, release = r.Stall()
+	}
+	defer release()
+	results := make(chan writeResult, writers)
+	for w := range writers {
+		msgs := Messages(fmt.Sprintf("inflight%d", w), per)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
+			defer cancel()
+			results <- writeResult{msgs, d.Write(ctx, msgs)}
+		}()
+	}
+	if arrived != nil {
+		select {
+		case <-arrived:
+		case <-time.After(wait):
+			t.Fatal("no request reached the receiver")
+		}
+	}
+	closed := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		closed <- d.Close(ctx)
+	}()
+	release()
+	var acked []writeResult
+	for range writers {
+		select {
+		case res := <-results:
+			acked = append(acked, res)
+		case <-time.After(wait + 5*time.Second):
+			t.Fatal("a Write did not return after Close")
+		}
+	}
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Logf("Close with work in flight: %v", err)
+		}
+	case <-time.After(wait + 5*time.Second):
+		t.Fatal("Close did not return")
+	}
+	got, _ := counts(r)
+	for _, res := range acked {
+		refused := map[int]bool{}
+		var be *destinations.BatchError
+		switch {
+		case res.err == nil:
+		case errors.As(res.err, &be):
+			for _, f := range be.Failed {
+				refused[f.Index] = true
+			}
+		default:
+			continue // nothing claimed
+		}
+		for i, m := range res.msgs {
+			if !refused[i] && got[m.ID] == 0 {
+				t.Errorf("message %s acknowledged but never received", m.ID)
+			}
+		}
+	}
+}
+
+type writeResult struct {
+	msgs []mapper.Message
+	err  error
+}
+
+func isBatchError(err error) bool {
+	var be *destinations.BatchError
+	return errors.As(err, &be)
+}
