@@ -53,7 +53,8 @@ func SourceFingerprint(s *config.Sync) string {
 // fullSyncReason decides whether this run sends everything, and why ("" = incremental).
 func fullSyncReason(cp *state.Checkpoint, s *config.Sync, requested bool, mappingFP, sourceFP, schemaFP string) string {
 	switch {
-	case cp == nil:
+	case cp == nil || (len(cp.Files) == 0 && cp.SchemaFingerprint == ""):
+		// No checkpoint, or one from runs that found nothing yet.
 		return ReasonFirstSync
 	case requested:
 		return ReasonRequested

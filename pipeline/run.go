@@ -144,12 +144,13 @@ func (of *openFile) release() {
 // chunk is one batch for one destination: the messages of rows [start, end) of a file
 // (rows of that range absent from msgs were rejected, unchanged or already delivered).
 type chunk struct {
-	dest  int
-	file  *openFile
-	start int64
-	end   int64
-	msgs  []mapper.Message
-	unit  *unit
+	dest    int
+	refused int // messages the destination refused for good
+	file    *openFile
+	start   int64
+	end     int64
+	msgs    []mapper.Message
+	unit    *unit
 }
 
 // unit is one mapped record batch; once every chunk cut from it is acknowledged by its
@@ -294,12 +295,18 @@ func (r *run) run(ctx context.Context) error {
 		r.dirty = true
 	}
 
-	if r.sync.Mode == ModeDiff && r.mapper != nil && (!opts.DryRun || prev != nil) {
-		h, err := opts.Store.Hashes(ctx, r.sync.Name)
+	if r.sync.Mode == ModeDiff && r.mapper != nil && !(opts.DryRun && reason != "") {
+		open := opts.Store.Hashes
+		if opts.DryRun {
+			open = opts.Store.ReadHashes // a dry run writes no state
+		}
+		h, err := open(ctx, r.sync.Name)
 		if err != nil {
 			return fmt.Errorf("opening row-hash store of sync %s: %w", r.sync.Name, err)
 		}
-		r.hashes = h
+		if h != nil {
+			r.hashes = h
+		}
 		if reason != "" && !opts.DryRun {
 			if err := h.Clear(ctx); err != nil {
 				return fmt.Errorf("clearing row-hash store of sync %s: %w", r.sync.Name, err)
@@ -402,9 +409,7 @@ func (r *run) openDestinations(ctx context.Context) error {
 		Logger:     r.log,
 	}
 	for _, cfg := range r.sync.Destinations {
-		denv := env
-		denv.Logger = r.log.With("destination", cfg.Name)
-		d, err := r.opts.Registry.New(ctx, cfg, denv)
+		d, err := r.opts.Registry.New(ctx, cfg, env)
 		if err != nil {
 			r.closeDestinations(ctx)
 			return fmt.Errorf("destination %s: %w", cfg.Name, err)
@@ -543,7 +548,7 @@ func (r *run) execute(ctx context.Context, src reader.Source, toRead []*state.Fi
 			if err != nil {
 				r.failChunkLocked(ch, err)
 			} else {
-				r.ackLocked(ch, len(ch.msgs))
+				r.ackLocked(ch, len(ch.msgs)-ch.refused)
 			}
 		}
 		if err != nil {
@@ -1009,6 +1014,7 @@ func (r *run) handleResult(c *chunk, err error) {
 		for i := range refused {
 			c.unit.refused[c.msgs[i].ID] = true
 		}
+		c.refused = len(refused)
 		if r.isCommit[c.dest] {
 			r.pending[c.dest] = append(r.pending[c.dest], c)
 		} else {
@@ -1114,6 +1120,13 @@ func (r *run) save(ctx context.Context, final bool) error {
 	}
 	snap := r.cp.Clone()
 	snap.UpdatedAt = r.opts.Now().UTC()
+	for key, f := range snap.Files {
+		if f.Rows < 0 {
+			// Planned but not opened (rejected, or the run stopped first): absent from
+			// the checkpoint, the file is read as new by the next run.
+			delete(snap.Files, key)
+		}
+	}
 	r.dirty = false
 	r.mu.Unlock()
 	if r.rejects.file != nil {
@@ -1128,7 +1141,7 @@ func (r *run) save(ctx context.Context, final bool) error {
 	}
 	if err := r.opts.Store.Save(ctx, snap); err != nil {
 		if errors.Is(err, state.ErrConflict) {
-			return fmt.Errorf("sync %s: %w: another run of this sync is active; this run stops", r.sync.Name, err)
+			return fmt.Errorf("sync %s: this run stops: %w", r.sync.Name, err)
 		}
 		return fmt.Errorf("saving checkpoint of sync %s: %w", r.sync.Name, err)
 	}

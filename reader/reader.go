@@ -23,8 +23,8 @@ type Object struct {
 // Skipped is an object the listing passed over, and why (it is not Parquet, it does not
 // match include, it is in an older partition).
 type Skipped struct {
-	Key    string
-	Reason string
+	Key    string `json:"key"`
+	Reason string `json:"reason"`
 }
 
 // Listing is what a source holds.

@@ -42,6 +42,10 @@ var errNotUsed = errors.New("memStore: not used by the server")
 func (m *memStore) Load(context.Context, string) (*state.Checkpoint, error) { return nil, errNotUsed }
 func (m *memStore) Save(context.Context, *state.Checkpoint) error           { return errNotUsed }
 func (m *memStore) Reset(context.Context, string) error                     { return errNotUsed }
+func (m *memStore) ReadHashes(context.Context, string) (state.HashStore, error) {
+	return nil, nil
+}
+
 func (m *memStore) Hashes(context.Context, string) (state.HashStore, error) {
 	return nil, errNotUsed
 }

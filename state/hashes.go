@@ -108,6 +108,12 @@ const pendingOverhead = 64
 // openBoltHashes opens (creating) the bbolt file at path. noSync skips fsync on every
 // transaction, for a temporary copy whose durability comes from its upload.
 func openBoltHashes(path, where, sync string, noSync bool, lockTimeout time.Duration) (h *boltHashes, err error) {
+	return openBolt(path, where, sync, noSync, false, lockTimeout)
+}
+
+// openBolt opens the bbolt file at path; readOnly opens an existing file without ever
+// writing to it (a dry run).
+func openBolt(path, where, sync string, noSync, readOnly bool, lockTimeout time.Duration) (h *boltHashes, err error) {
 	corrupt := func(e error) error {
 		return &CorruptError{What: "row-hash store", Where: where, Sync: sync, Err: e}
 	}
@@ -125,6 +131,7 @@ func openBoltHashes(path, where, sync string, noSync bool, lockTimeout time.Dura
 		FreelistType:   bolt.FreelistMapType,
 		NoSync:         noSync,
 		NoGrowSync:     noSync,
+		ReadOnly:       readOnly,
 	})
 	switch {
 	case errors.Is(err, bolterrors.ErrTimeout):
@@ -135,7 +142,26 @@ func openBoltHashes(path, where, sync string, noSync bool, lockTimeout time.Dura
 	case err != nil:
 		return nil, fmt.Errorf("opening row-hash store %s: %w", where, err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	check := db.Update
+	if readOnly {
+		check = func(fn func(*bolt.Tx) error) error {
+			return db.View(func(tx *bolt.Tx) error {
+				meta := tx.Bucket(metaBucket)
+				if meta == nil || tx.Bucket(hashesBucket) == nil {
+					return corrupt(errors.New("missing buckets"))
+				}
+				if v := meta.Get(versionKey); v != nil {
+					if n, err := strconv.Atoi(string(v)); err != nil {
+						return corrupt(fmt.Errorf("bad format version %q", v))
+					} else if n > Version {
+						return &NewerFormatError{What: "row-hash store", Where: where, Version: n}
+					}
+				}
+				return nil
+			})
+		}
+	}
+	err = check(func(tx *bolt.Tx) error {
 		meta, err := tx.CreateBucketIfNotExists(metaBucket)
 		if err != nil {
 			return err

@@ -183,6 +183,20 @@ func (s *localStore) Hashes(ctx context.Context, sync string) (HashStore, error)
 	return openBoltHashes(path, path, sync, false, s.hashLockTimeout)
 }
 
+func (s *localStore) ReadHashes(ctx context.Context, sync string) (HashStore, error) {
+	if err := checkName("sync name", sync); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	path := s.hashesPath(sync)
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	return openBolt(path, path, sync, true, true, s.hashLockTimeout)
+}
+
 func (s *localStore) Rejects(ctx context.Context, sync, runID string) (RejectsFile, error) {
 	if err := checkName("sync name", sync); err != nil {
 		return nil, err

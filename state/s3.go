@@ -223,6 +223,38 @@ func (s *s3Store) Hashes(ctx context.Context, sync string) (HashStore, error) {
 	return h, nil
 }
 
+// ReadHashes downloads the row-hash store to a temporary file and opens it for reading
+// only; nothing is ever uploaded.
+func (s *s3Store) ReadHashes(ctx context.Context, sync string) (HashStore, error) {
+	if err := checkName("sync name", sync); err != nil {
+		return nil, err
+	}
+	key := s.key(hashesDir, sync+".db")
+	tmp, err := os.CreateTemp("", "backflow-hashes-*.db")
+	if err != nil {
+		return nil, fmt.Errorf("creating the local copy of row-hash store %s: %w", s.url(key), err)
+	}
+	name := tmp.Name()
+	etag, err := s.download(ctx, key, tmp)
+	if cerr := tmp.Close(); cerr != nil && err == nil {
+		err = cerr
+	}
+	if err != nil || etag == "" {
+		_ = os.Remove(name)
+		if err != nil {
+			return nil, fmt.Errorf("downloading row-hash store: %w", err)
+		}
+		return nil, nil
+	}
+	h, err := openBolt(name, s.url(key), sync, true, true, 0)
+	if err != nil {
+		_ = os.Remove(name)
+		return nil, err
+	}
+	h.cleanup = func() { _ = os.Remove(name) }
+	return h, nil
+}
+
 // download copies key into f and returns its ETag ("" when there is no object).
 func (s *s3Store) download(ctx context.Context, key string, f *os.File) (string, error) {
 	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(key)})

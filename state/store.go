@@ -34,6 +34,9 @@ type Store interface {
 	// Hashes opens the sync's row-hash store for mode diff. Close (or Commit) makes what
 	// was Put durable.
 	Hashes(ctx context.Context, sync string) (HashStore, error)
+	// ReadHashes opens the sync's row-hash store for reading only (a dry run): nothing
+	// is created or written. It returns (nil, nil) when the sync has no store yet.
+	ReadHashes(ctx context.Context, sync string) (HashStore, error)
 	// Rejects opens the rejects file of one run: <state>/rejects/<sync>/<runID>.jsonl.
 	Rejects(ctx context.Context, sync, runID string) (RejectsFile, error)
 	// AppendHistory records a run report (JSON), keeping the newest keep of the sync.

@@ -61,7 +61,7 @@ func (g *globalOptions) loadSync() (*config.Config, *config.Sync, error) {
 	}
 	s, err := cfg.Sync(g.syncName)
 	if err != nil {
-		return nil, nil, &usageError{err}
+		return nil, nil, &usageError{fmt.Errorf("%w (choose one with --sync NAME)", err)}
 	}
 	return cfg, s, nil
 }

@@ -3,7 +3,9 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -89,7 +91,15 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 			fmt.Fprintf(g.stderr, "backflow: writing report %s: %v\n", o.report, err)
 		}
 	}
-	fmt.Fprintln(g.stderr, scrub(summary(rep), g))
+	if g.logFormat == "json" {
+		// Keep stderr all JSON lines for log shippers: the summary is a log record.
+		logger.Info("run finished", "sync", rep.Sync, "run_id", rep.RunID, "status", rep.Status,
+			"full_sync", rep.FullSync, "full_sync_reason", rep.FullSyncReason,
+			"files", rep.Files, "rows", rep.Rows, "destinations", rep.Destinations,
+			"rejects_file", rep.RejectsFile, "duration_ms", rep.DurationMS)
+	} else {
+		fmt.Fprintln(g.stderr, scrub(summary(rep), g))
+	}
 	if runErr != nil {
 		return runErr
 	}
@@ -115,7 +125,8 @@ func summary(r *pipeline.Report) string {
 	if r.DryRun {
 		s += fmt.Sprintf("; would send %d", r.Rows.WouldSend)
 	}
-	for name, d := range r.Destinations {
+	for _, name := range slices.Sorted(maps.Keys(r.Destinations)) {
+		d := r.Destinations[name]
 		s += fmt.Sprintf("; %s: %d delivered, %d failed", name, d.Delivered, d.Failed)
 	}
 	if r.RejectsFile != "" {
