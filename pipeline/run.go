@@ -52,7 +52,8 @@ type Options struct {
 	BufferBytes int64
 	// Grace bounds how long in-flight batches may take once ctx is done (default 30s).
 	Grace time.Duration
-	// CheckpointInterval is how often acknowledged progress is saved (default 1s).
+	// CheckpointInterval is the least time between two checkpoint saves (default 100ms);
+	// progress is saved as soon as it happens within that bound.
 	CheckpointInterval time.Duration
 	// Now tells the time (tests); default time.Now.
 	Now func() time.Time
@@ -119,6 +120,8 @@ type run struct {
 	failed     []int64
 	deliverCtx context.Context
 	cancelRead context.CancelCauseFunc
+	// progressed is signalled (without blocking) when the checkpoint has news to save.
+	progressed chan struct{}
 }
 
 // openFile is one source file being read.
@@ -194,19 +197,20 @@ func newRun(opts Options) *run {
 		opts.Grace = 30 * time.Second
 	}
 	if opts.CheckpointInterval <= 0 {
-		opts.CheckpointInterval = time.Second
+		opts.CheckpointInterval = 100 * time.Millisecond
 	}
 	start := opts.Now().UTC()
 	if opts.RunID == "" {
 		opts.RunID = NewRunID(start)
 	}
 	r := &run{
-		opts:     opts,
-		sync:     opts.Sync,
-		start:    start,
-		obs:      opts.Observer,
-		fileErrs: map[string]string{},
-		rejects:  &rejectsWriter{},
+		opts:       opts,
+		sync:       opts.Sync,
+		start:      start,
+		obs:        opts.Observer,
+		fileErrs:   map[string]string{},
+		rejects:    &rejectsWriter{},
+		progressed: make(chan struct{}, 1),
 	}
 	r.log = opts.Logger.With("sync", opts.Sync.Name, "run_id", opts.RunID)
 	r.report = &Report{
@@ -292,7 +296,7 @@ func (r *run) run(ctx context.Context) error {
 	r.log.Info("planned run", "full_sync", reason != "", "reason", reason,
 		"files_to_read", len(toRead), "files_unchanged", unchanged, "files_deleted", deleted)
 	if deleted > 0 {
-		r.dirty = true
+		r.markDirtyLocked()
 	}
 
 	if r.sync.Mode == ModeDiff && r.mapper != nil && !(opts.DryRun && reason != "") {
@@ -490,7 +494,10 @@ func (r *run) execute(ctx context.Context, src reader.Source, toRead []*state.Fi
 		}
 	}
 
-	// The checkpoint saver runs until the end; failures to save are fatal.
+	// The checkpoint saver runs until the end; failures to save are fatal. It saves as
+	// soon as something was acknowledged, so a killed run resends little more than the
+	// batches in flight, but leaves at least CheckpointInterval and ten times the last
+	// save's duration between saves, so saving never takes more than a tenth of the time.
 	saverDone := make(chan struct{})
 	stopSaver := make(chan struct{})
 	go func() {
@@ -498,17 +505,25 @@ func (r *run) execute(ctx context.Context, src reader.Source, toRead []*state.Fi
 		if r.opts.DryRun {
 			return
 		}
-		t := time.NewTicker(r.opts.CheckpointInterval)
-		defer t.Stop()
 		for {
 			select {
 			case <-stopSaver:
 				return
+			case <-r.progressed:
+			}
+			began := time.Now()
+			if err := r.save(deliverCtx, false); err != nil {
+				r.setFatal(err)
+				cancelRead(err)
+				return
+			}
+			gap := max(r.opts.CheckpointInterval, 10*time.Since(began))
+			t := time.NewTimer(gap)
+			select {
+			case <-stopSaver:
+				t.Stop()
+				return
 			case <-t.C:
-				if err := r.save(deliverCtx, false); err != nil {
-					r.setFatal(err)
-					cancelRead(err)
-				}
 			}
 		}
 	}()
@@ -678,7 +693,7 @@ func (r *run) produce(ctx context.Context, src reader.Source, files []*state.Fil
 				r.report.FileErrors = append(r.report.FileErrors, FileError{Key: entry.Key, Error: what + " between listing and reading"})
 				r.report.Files.Vanished++
 				delete(r.cp.Files, entry.Key)
-				r.dirty = true
+				r.markDirtyLocked()
 			} else if schema.IsInvalid(res.err) {
 				r.rejectFile(entry.Key, res.err.Error())
 			} else {
@@ -735,7 +750,7 @@ func (r *run) startFile(ctx context.Context, entry *state.File, f *reader.File, 
 		of.resume = append(of.resume, set.clone())
 		entry.Acked[name] = set.leading()
 	}
-	r.dirty = true
+	r.markDirtyLocked()
 	r.mu.Unlock()
 
 	// needed tells whether some destination lacks a row of [start, end).
@@ -1077,12 +1092,21 @@ func (r *run) ackLocked(c *chunk, delivered int) {
 			c.file.entry.AckedRanges = nil
 		}
 	}
-	r.dirty = true
+	r.markDirtyLocked()
 	if len(c.msgs) > 0 {
 		c.unit.pending--
 		if c.unit.pending == 0 {
 			r.unitDoneLocked(c.unit)
 		}
+	}
+}
+
+// markDirtyLocked notes that the checkpoint changed and wakes the saver.
+func (r *run) markDirtyLocked() {
+	r.dirty = true
+	select {
+	case r.progressed <- struct{}{}:
+	default:
 	}
 }
 

@@ -113,7 +113,7 @@ func (d *File) open() error {
 	if err := os.MkdirAll(filepath.Dir(d.path), 0o755); err != nil {
 		return fmt.Errorf("creating the directory of %s: %w", d.path, err)
 	}
-	f, err := os.OpenFile(d.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(d.path, os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o644)
 	if err != nil {
 		return fmt.Errorf("opening %s: %w", d.path, err)
 	}
@@ -126,8 +126,52 @@ func (d *File) open() error {
 		f.Close()
 		return fmt.Errorf("%s is not a regular file", d.path)
 	}
-	d.f, d.size = f, st.Size()
+	size, err := cutTornLine(f, st.Size())
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("repairing %s: %w", d.path, err)
+	}
+	d.f, d.size = f, size
 	return nil
+}
+
+// cutTornLine truncates a file that does not end in a newline back to just after its last
+// one. A process killed in the middle of a write leaves half a line; that batch was never
+// acknowledged, so the next run sends it again, and appending to the half line would
+// glue two messages into invalid JSON.
+func cutTornLine(f *os.File, size int64) (int64, error) {
+	if size == 0 {
+		return 0, nil
+	}
+	buf := make([]byte, 64<<10)
+	end := size
+	for end > 0 {
+		n := int64(len(buf))
+		if n > end {
+			n = end
+		}
+		if _, err := f.ReadAt(buf[:n], end-n); err != nil {
+			return 0, err
+		}
+		if end == size && buf[n-1] == '\n' {
+			return size, nil // the common case: the file ends with a whole line
+		}
+		for i := n - 1; i >= 0; i-- {
+			if buf[i] == '\n' {
+				keep := end - n + i + 1
+				return keep, truncateSync(f, keep)
+			}
+		}
+		end -= n
+	}
+	return 0, truncateSync(f, 0)
+}
+
+func truncateSync(f *os.File, size int64) error {
+	if err := f.Truncate(size); err != nil {
+		return err
+	}
+	return f.Sync()
 }
 
 // Close closes the file. Every Write already fsynced its lines, so nothing is pending.
