@@ -16,8 +16,10 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/destinations/all"
 	"github.com/backflowhq/backflow/internal/exampledata"
 	"github.com/backflowhq/backflow/internal/testutil"
+	"github.com/backflowhq/backflow/state"
 )
 
 // countingProxy forwards to target and counts requests by method.
@@ -90,4 +92,133 @@ func TestFigureSchemaOverMinIO(t *testing.T) {
 	t.Logf("schema over 1,000 files of %d bytes on MinIO: %s, %d LIST, %d GET, %d HEAD requests",
 		rep.Files[0].Size, elapsed.Round(time.Millisecond), lists, gets, heads)
 	fmt.Printf("FIGURE schema-1000-files: %s; LIST %d; GET %d; HEAD %d\n", elapsed.Round(time.Millisecond), lists, gets, heads)
+}
+
+// TestFigureIncrementalNoChange10kFiles times a no-change incremental run over 10,000
+// files on MinIO (after a first run that synced them all).
+// BACKFLOW_FIGURES=1 go test -run TestFigureIncrementalNoChange10kFiles -v ./pipeline/
+func TestFigureIncrementalNoChange10kFiles(t *testing.T) {
+	if os.Getenv("BACKFLOW_FIGURES") != "1" {
+		t.Skip("set BACKFLOW_FIGURES=1 to measure")
+	}
+	m := testutil.StartMinIO(t)
+	bucket := m.Bucket(t)
+	dir := t.TempDir()
+	paths, err := exampledata.Write(dir, exampledata.Options{Files: 10, RowsPerFile: 5, Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bodies [][]byte
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bodies = append(bodies, b)
+	}
+	var g errgroup.Group
+	g.SetLimit(32)
+	for i := 0; i < 10000; i++ {
+		g.Go(func() error {
+			m.Put(t, bucket, fmt.Sprintf("users/part-%05d.parquet", i), bodies[i%len(bodies)])
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	endpoint, counts := countingProxy(t, m.Endpoint)
+	opts := m.Options()
+	opts.Endpoint = endpoint
+	yaml := fmt.Sprintf(`state: {url: state}
+syncs:
+  - name: users
+    source: {url: "s3://%s/users/", endpoint: %q, path_style: true, region: us-east-1,
+             auth: {mode: keys, access_key_id: %q, secret_access_key: %q}}
+    mapping: {type: identify, user_id: customer_id}
+    destinations: [{type: file, path: out/users.jsonl}]
+`, bucket, endpoint, m.AccessKey, m.SecretKey)
+	cfg, err := config.LoadBytes([]byte(yaml), "yaml", t.TempDir(), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := state.Open(context.Background(), cfg.State)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func() (*Report, time.Duration) {
+		start := time.Now()
+		rep, err := Run(context.Background(), Options{Config: cfg, Sync: &cfg.Syncs[0], Registry: all.Registry(), Store: store})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep, time.Since(start)
+	}
+	rep, first := run()
+	if rep.Rows.Sent != 50000 {
+		t.Fatalf("first run sent %d rows, want 50000", rep.Rows.Sent)
+	}
+	g0, l0, _ := counts()
+	rep, second := run()
+	g1, l1, _ := counts()
+	if rep.Files.Unchanged != 10000 || rep.Rows.Read != 0 {
+		t.Fatalf("no-change run: %+v %+v", rep.Files, rep.Rows)
+	}
+	fmt.Printf("FIGURE incremental-10k-files: first run %s (50,000 rows); no-change run %s with %d LIST and %d GET requests\n",
+		first.Round(time.Millisecond), second.Round(time.Millisecond), l1-l0, g1-g0)
+}
+
+// TestFigureDiffMode measures mode diff over a 1M-row snapshot with 1% of rows changed.
+// BACKFLOW_FIGURES=1 go test -run TestFigureDiffMode -v ./pipeline/
+func TestFigureDiffMode(t *testing.T) {
+	if os.Getenv("BACKFLOW_FIGURES") != "1" {
+		t.Skip("set BACKFLOW_FIGURES=1 to measure")
+	}
+	dir := t.TempDir()
+	write := func(partition string, change int64) {
+		if _, err := exampledata.Write(filepath.Join(dir, "data", partition), exampledata.Options{
+			Files: 4, RowsPerFile: 250_000, RowGroupRows: 65536, Seed: 11, ChangeEvery: change}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("dt=2025-01-01", 0)
+	yaml := `syncs:
+  - name: users
+    source: {url: data, partition: latest}
+    mapping: {type: identify, user_id: customer_id}
+    mode: diff
+    destinations: [{type: file, path: out/users.jsonl}]
+`
+	cfg, err := config.LoadBytes([]byte(yaml), "yaml", dir, func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := state.Open(context.Background(), cfg.State)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func() (*Report, time.Duration) {
+		start := time.Now()
+		rep, err := Run(context.Background(), Options{Config: cfg, Sync: &cfg.Syncs[0], Registry: all.Registry(), Store: store})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep, time.Since(start)
+	}
+	rep, first := run()
+	if rep.Rows.Sent != 1_000_000 {
+		t.Fatalf("first snapshot sent %d", rep.Rows.Sent)
+	}
+	write("dt=2025-01-02", 100)
+	rep, second := run()
+	if rep.Rows.Sent != 10_000 || rep.Rows.Unchanged != 990_000 {
+		t.Fatalf("second snapshot: sent %d, unchanged %d; want 10000 and 990000", rep.Rows.Sent, rep.Rows.Unchanged)
+	}
+	st, err := os.Stat(filepath.Join(dir, ".backflow", "hashes", "users.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("FIGURE diff-mode: first snapshot 1,000,000 rows in %s (%.0f rows/s); second with 1%% changed in %s (%.0f rows/s, %d sent, %d unchanged); store %.1f MB\n",
+		first.Round(time.Millisecond), 1e6/first.Seconds(), second.Round(time.Millisecond), 1e6/second.Seconds(),
+		rep.Rows.Sent, rep.Rows.Unchanged, float64(st.Size())/1e6)
 }

@@ -29,6 +29,9 @@ type Options struct {
 	FirstID int64
 	// Prefix names the files: <Prefix><n>.parquet (default "part-").
 	Prefix string
+	// ChangeEvery, when > 0, adds 1 to the logins of every row whose customer_id is a
+	// multiple of it: a second snapshot of the same table with a fraction of rows changed.
+	ChangeEvery int64
 }
 
 // Schema is the example table's schema: ten columns of the common warehouse types.
@@ -114,7 +117,11 @@ func writeFile(path string, o Options, n uint64, firstID int64) error {
 			} else {
 				b.Field(4).(*array.StringBuilder).Append(cities[rng.IntN(len(cities))])
 			}
-			b.Field(5).(*array.Int32Builder).Append(int32(rng.IntN(500)))
+			logins := int32(rng.IntN(500))
+			if o.ChangeEvery > 0 && id%o.ChangeEvery == 0 {
+				logins++
+			}
+			b.Field(5).(*array.Int32Builder).Append(logins)
 			b.Field(6).(*array.Decimal128Builder).Append(decimal128.FromI64(int64(rng.IntN(10_000_000))))
 			b.Field(7).(*array.Float64Builder).Append(float64(rng.IntN(100000)) / 1000)
 			b.Field(8).(*array.BooleanBuilder).Append(rng.IntN(4) != 0)
