@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -961,7 +962,7 @@ func (r *run) dropUnchanged(ctx context.Context, msgs []mapper.Message) ([]mappe
 	kept := msgs[:0:0]
 	var same int64
 	for i := range msgs {
-		if stored[i] == msgs[i].ID {
+		if stored[i] == contentHash(msgs[i].ID) {
 			same++
 			continue
 		}
@@ -973,6 +974,12 @@ func (r *run) dropUnchanged(ctx context.Context, msgs []mapper.Message) ([]mappe
 		r.mu.Unlock()
 	}
 	return kept, nil
+}
+
+// contentHash is what the row-hash store keeps of a messageId: its hex digest without
+// the "bf-" prefix, which the store packs into half the bytes.
+func contentHash(messageID string) string {
+	return strings.TrimPrefix(messageID, "bf-")
 }
 
 // deliver is one in-flight writer of destination d.
@@ -1123,7 +1130,7 @@ func (r *run) unitDoneLocked(u *unit) {
 			continue
 		}
 		keys = append(keys, u.msgs[i].Key)
-		ids = append(ids, u.msgs[i].ID)
+		ids = append(ids, contentHash(u.msgs[i].ID))
 	}
 	u.msgs = nil
 	r.hashMu.Lock()
