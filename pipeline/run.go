@@ -632,8 +632,10 @@ func (r *run) produce(ctx context.Context, src reader.Source, files []*state.Fil
 		results[i] = make(chan openedFile, 1)
 	}
 	sem := make(chan struct{}, r.opts.Prefetch)
-	openCtx, cancelOpen := context.WithCancel(ctx)
-	defer cancelOpen()
+	// Files are opened with the read context itself, not one that ends with this
+	// function: an S3 blob keeps its context for every ranged GET, and the row groups of
+	// the last files are read after produce has queued them and returned.
+	openCtx := ctx
 	go func() {
 		for i, entry := range files {
 			if _, rejected := r.fileErrs[entry.Key]; rejected {
@@ -665,7 +667,6 @@ func (r *run) produce(ctx context.Context, src reader.Source, files []*state.Fil
 		}
 	}()
 	drain := func(rest []chan openedFile) {
-		cancelOpen()
 		for _, ch := range rest {
 			if res := <-ch; res.f != nil {
 				res.f.Close()
