@@ -23,7 +23,7 @@ const (
 var perType = map[string]struct{ maxInFlight, batchSize int }{
 	DestSegment: {4, 100},
 	DestWebhook: {4, 500},
-	DestFile:    {1, 1000},
+	DestFile:    {1, 5000},
 	DestStdout:  {1, 1000},
 	DestS3:      {1, 10000},
 }

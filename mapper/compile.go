@@ -27,6 +27,8 @@ type Options struct {
 	MaxRecordBytes int64
 	// Version is backflow's version, sent as context.library.version.
 	Version string
+	// SkipKeys leaves Message.Key empty: only mode diff needs it, and hashing it costs.
+	SkipKeys bool
 }
 
 // ConfigError is a mapping that does not fit the schema, or contradicts itself.
@@ -44,6 +46,7 @@ func (e *ConfigError) Error() string { return e.Path + ": " + e.Msg }
 type Mapper struct {
 	typ       string
 	skipNulls bool
+	skipKeys  bool
 	maxBytes  int64
 
 	// Source columns of the identifiers, the event and the timestamp (nil: not configured).
@@ -94,7 +97,7 @@ func New(opts Options) (*Mapper, error) {
 		return nil, errors.New("mapper: no schema")
 	}
 	mp := opts.Mapping
-	m := &Mapper{typ: mp.Type, skipNulls: mp.SkipNulls, maxBytes: opts.MaxRecordBytes}
+	m := &Mapper{typ: mp.Type, skipNulls: mp.SkipNulls, skipKeys: opts.SkipKeys, maxBytes: opts.MaxRecordBytes}
 	c := compiler{m: m, schema: opts.Schema, mp: mp}
 	if err := c.compile(); err != nil {
 		return nil, err

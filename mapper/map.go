@@ -160,11 +160,13 @@ func (m *Mapper) Map(rec arrow.RecordBatch, firstRow int64, msgs []Message, reje
 		}
 
 		sp.id = st.addID(buf[idStart:idEnd])
-		st.key = m.appendKeyText(st.key[:0], st, &sp, buf[tsStart:tsEnd])
-		keySum := sha256.Sum256(st.key)
-		start := len(st.ids)
-		st.ids = hex.AppendEncode(st.ids, keySum[:16])
-		sp.key = span{start, len(st.ids)}
+		if !m.skipKeys {
+			st.key = m.appendKeyText(st.key[:0], st, &sp, buf[tsStart:tsEnd])
+			keySum := sha256.Sum256(st.key)
+			start := len(st.ids)
+			st.ids = hex.AppendEncode(st.ids, keySum[:16])
+			sp.key = span{start, len(st.ids)}
+		}
 
 		if cap(chunk)-len(chunk) < len(msg) {
 			size := chunkSize

@@ -259,6 +259,7 @@ func (r *run) run(ctx context.Context) error {
 			Schema:         r.schema.Arrow,
 			MaxRecordBytes: r.sync.Source.Limits.MaxRecordBytes,
 			Version:        opts.Version,
+			SkipKeys:       r.sync.Mode != ModeDiff,
 		})
 		if err != nil {
 			return &ConfigError{Err: fmt.Errorf("sync %s: %w", r.sync.Name, err)}
