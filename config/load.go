@@ -87,7 +87,9 @@ func LoadBytes(data []byte, format, dir string, lookupEnv func(string) (string, 
 
 	raw, err := parse(data, format)
 	if err != nil {
-		return nil, &Error{Errors: []FieldError{{Msg: "invalid " + strings.ToUpper(format) + ": " + parseMessage(err, data), Err: err}}}
+		// Decoders may report several problems on several lines: keep one line.
+		msg := strings.Join(strings.Fields(parseMessage(err, data)), " ")
+		return nil, &Error{Errors: []FieldError{{Msg: "invalid " + strings.ToUpper(format) + ": " + msg, Err: err}}}
 	}
 	raw, _ = normalize(raw).(map[string]any)
 

@@ -323,12 +323,16 @@ func Check(ctx context.Context, cfg *config.Config, sync *config.Sync, reg *dest
 		add(what, nil, fmt.Sprintf("reachable; no Parquet file yet (%d other objects skipped)", len(listing.Skipped)))
 	} else {
 		obj := listing.Objects[0]
-		f, _, err := openChecked(ctx, src, obj, sync.Source.Limits, nil, InspectOptions{BatchRows: 1, BufferBytes: 1 << 20})
+		f, s, err := openChecked(ctx, src, obj, sync.Source.Limits, nil, InspectOptions{BatchRows: 1, BufferBytes: 1 << 20})
 		if err != nil {
 			add(what, fmt.Errorf("%d Parquet files listed, but the first fails: %w", len(listing.Objects), err), "")
 		} else {
 			f.Close()
 			add(what, nil, fmt.Sprintf("%d Parquet files listed (%d skipped); %s is valid", len(listing.Objects), len(listing.Skipped), obj.Key))
+			// The mapping is checked against the schema the first file gives.
+			_, err := mapper.New(mapper.Options{Sync: sync.Name, Mapping: sync.Mapping, Schema: s.Arrow,
+				MaxRecordBytes: sync.Source.Limits.MaxRecordBytes, Version: version})
+			add("mapping of sync "+sync.Name, err, fmt.Sprintf("%s message with %d columns from %s", sync.Mapping.Type, len(s.Columns), obj.Key))
 		}
 	}
 	if store != nil {

@@ -604,10 +604,26 @@ func (r *run) execute(ctx context.Context, src reader.Source, toRead []*state.Fi
 	if closeErr != nil {
 		errs = append(errs, closeErr)
 	}
-	if err := ctx.Err(); err != nil {
+	if err := ctx.Err(); err != nil && !r.allDone(toRead) {
 		errs = append([]error{fmt.Errorf("interrupted: %w", context.Cause(ctx))}, errs...)
 	}
 	return errors.Join(errs...)
+}
+
+// allDone tells whether every planned file was acknowledged by every destination (or
+// rejected): a run stopped by a signal after that has nothing left to do.
+func (r *run) allDone(files []*state.File) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, f := range files {
+		if _, rejected := r.fileErrs[f.Key]; rejected {
+			continue
+		}
+		if f.Rows < 0 || !f.Done(r.destNames) {
+			return false
+		}
+	}
+	return true
 }
 
 func (r *run) setFatal(err error) {
@@ -859,7 +875,11 @@ func (r *run) readFailed(ctx context.Context, job rowGroupJob, err error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.rejectFile(job.file.entry.Key, fmt.Sprintf("%s: row group %d: %v", job.file.entry.Key, job.index, err))
+	msg := err.Error()
+	if !strings.Contains(msg, job.file.entry.Key) {
+		msg = fmt.Sprintf("%s: row group %d: %s", job.file.entry.Key, job.index, msg)
+	}
+	r.rejectFile(job.file.entry.Key, msg)
 }
 
 // dispatch records the rejects of one mapped record batch (rows [lo, hi) of a file),

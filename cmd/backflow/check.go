@@ -13,7 +13,7 @@ func newCheckCommand(g *globalOptions) *cobra.Command {
 	return &cobra.Command{
 		Use:   "check",
 		Short: "Validate the config, reach the source, the state and every destination, sending nothing",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runCheck(cmd, g)
 		},

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -109,6 +110,10 @@ func exitCode(err error) int {
 	if errors.As(err, &cfgErr) || errors.As(err, &runCfgErr) || errors.As(err, &mapErr) || errors.As(err, &usage) {
 		return exitUsage
 	}
+	// cobra's own complaint about the command line (it has no error type for it).
+	if strings.HasPrefix(err.Error(), "unknown command ") {
+		return exitUsage
+	}
 	return exitFailed
 }
 
@@ -138,6 +143,14 @@ func splitLines(s string) []string {
 	return out
 }
 
+// noArgs is cobra.NoArgs reporting a usage error (exit code 2).
+func noArgs(cmd *cobra.Command, args []string) error {
+	if err := cobra.NoArgs(cmd, args); err != nil {
+		return &usageError{err}
+	}
+	return nil
+}
+
 // usageError is a wrong command line (exit code 2).
 type usageError struct{ err error }
 
@@ -157,6 +170,11 @@ next run sends only what is new.`,
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
+	// The log flags are checked before any command runs, so a typo is exit 2 everywhere.
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		_, err := g.logger()
+		return err
+	}
 	g.addFlags(root)
 	root.AddCommand(
 		newCheckCommand(g),

@@ -24,7 +24,7 @@ func newPreviewCommand(g *globalOptions) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "preview",
 		Short: "Print the first rows and the message each becomes; sends nothing, writes no state",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runPreview(cmd, g, o)
 		},

@@ -20,7 +20,7 @@ func newSchemaCommand(g *globalOptions) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "schema",
 		Short: "List the files that would be read, the inferred schema and each file's validation",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runSchema(cmd, g, o)
 		},

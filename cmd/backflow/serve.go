@@ -25,7 +25,7 @@ func newServeCommand(g *globalOptions) *cobra.Command {
 A sync never runs twice at once. On the first signal it starts no new run, lets the runs in
 flight deliver or checkpoint within serve.shutdown_grace, and exits 0; a second signal exits
 at once. --sync is ignored: serve runs every sync of the file.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runServe(cmd, g, o)
 		},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -16,12 +17,18 @@ func newStateCommand(g *globalOptions) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "state",
 		Short: "Show or reset the stored checkpoint of a sync",
+		RunE: func(_ *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return &usageError{fmt.Errorf("unknown command %q for \"backflow state\": use show or reset", args[0])}
+			}
+			return &usageError{errors.New("backflow state needs a command: show or reset")}
+		},
 	}
 	var asJSON bool
 	show := &cobra.Command{
 		Use:   "show",
 		Short: "Print the sync's checkpoint: what every destination acknowledged",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runStateShow(cmd, g, asJSON)
 		},
@@ -30,7 +37,7 @@ func newStateCommand(g *globalOptions) *cobra.Command {
 	reset := &cobra.Command{
 		Use:   "reset",
 		Short: "Delete the sync's checkpoint and row hashes: the next run is a full sync",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runStateReset(cmd, g)
 		},

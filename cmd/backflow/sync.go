@@ -27,7 +27,7 @@ func newSyncCommand(g *globalOptions) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "sync",
 		Short: "Run the sync once",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runSync(cmd, g, o)
 		},

@@ -21,6 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/logging"
 
 	"github.com/backflowhq/backflow/config"
 )
@@ -46,6 +47,9 @@ func New(ctx context.Context, opts config.S3Options, bucket string, maxAttempts 
 		maxAttempts = 5
 	}
 	loadOpts := []func(*awsconfig.LoadOptions) error{
+		// The SDK's own log lines (such as its IMDS fallback warning) would bypass
+		// backflow's logger; failures reach the user as errors instead.
+		awsconfig.WithLogger(logging.Nop{}),
 		awsconfig.WithRetryer(func() aws.Retryer {
 			return retry.NewStandard(func(o *retry.StandardOptions) { o.MaxAttempts = maxAttempts })
 		}),
