@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -46,7 +47,16 @@ func (e *exitError) Error() string {
 }
 func (e *exitError) Unwrap() error { return e.err }
 
+// defaultMemoryLimit is the Go runtime's soft memory limit unless GOMEMLIMIT is set: the
+// garbage collector works harder near it, so a run's memory stays near what its row
+// groups in flight need instead of growing with the heap's headroom. It is soft: a run
+// that truly needs more gets more.
+const defaultMemoryLimit = 256 << 20
+
 func main() {
+	if _, set := os.LookupEnv("GOMEMLIMIT"); !set {
+		debug.SetMemoryLimit(defaultMemoryLimit)
+	}
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
