@@ -87,6 +87,5 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 	if err != nil {
 		return &usageError{fmt.Errorf("--listen %s: %w", o.listen, err)}
 	}
-	logger.Info("serving", "listen", ln.Addr().String(), "syncs", len(cfg.Syncs))
 	return srv.Run(ctx, ln)
 }
