@@ -82,9 +82,10 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 	if bar != nil {
 		bar.finish()
 	}
-	if !o.dryRun && rep != nil {
+	if !o.dryRun && rep != nil && (runErr == nil || exitCode(runErr) != exitUsage) {
 		// The report joins the sync's run history, which `serve` shows in GET /syncs: runs
-		// started from the command line or a CronJob are listed with scheduled ones.
+		// started from the command line or a CronJob are listed with scheduled ones. A
+		// configuration error (exit 2) writes nothing.
 		if b, err := json.Marshal(rep); err == nil {
 			if err := store.AppendHistory(ctx, s.Name, b, cfg.Serve.History); err != nil {
 				logger.Warn("recording the run in the history", "error", err)
