@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"time"
+
+	"github.com/backflowhq/backflow/internal/testutil"
 )
 
 // scenarioMinIO syncs the map scenario's export from a MinIO bucket (ranged GETs over
@@ -12,7 +14,7 @@ import (
 // reads S3 through its httpfs extension, which it downloads at run time, and this machine
 // has no network to download it from.
 func scenarioMinIO(ctx context.Context, e *env, res *results) error {
-	if _, err := minioBinary(); err != nil {
+	if _, err := testutil.MinIOBinary(); err != nil {
 		res.note("sync-minio skipped: %v", err)
 		return nil
 	}

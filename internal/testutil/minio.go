@@ -41,6 +41,12 @@ type MinIO struct {
 	mu      sync.Mutex
 }
 
+// The root credentials of every server started here (it listens on 127.0.0.1 only).
+const (
+	MinIOAccessKey = "backflowtest"
+	MinIOSecretKey = "backflowtestsecret"
+)
+
 var (
 	minioOnce   sync.Once
 	minioServer *MinIO
@@ -52,7 +58,7 @@ var (
 // StopMinIO from TestMain after m.Run.
 func StartMinIO(t testing.TB) *MinIO {
 	t.Helper()
-	minioOnce.Do(func() { minioServer, minioErr = startMinIO() })
+	minioOnce.Do(func() { minioServer, minioErr = Launch() })
 	if minioErr != nil {
 		if os.Getenv(EnvRequireIntegration) == "1" {
 			t.Fatalf("MinIO is required (%s=1): %v", EnvRequireIntegration, minioErr)
@@ -64,19 +70,27 @@ func StartMinIO(t testing.TB) *MinIO {
 
 // StopMinIO stops the server started by StartMinIO, if any, and removes its data.
 func StopMinIO() {
-	if minioServer == nil || minioServer.cmd == nil {
+	if minioServer != nil {
+		minioServer.Stop()
+	}
+}
+
+// Stop stops a server started by Launch and removes its data.
+func (m *MinIO) Stop() {
+	if m.cmd == nil {
 		return
 	}
-	_ = minioServer.cmd.Process.Signal(syscall.SIGTERM)
+	_ = m.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
-	go func() { _ = minioServer.cmd.Wait(); close(done) }()
+	go func() { _ = m.cmd.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
-		_ = minioServer.cmd.Process.Kill()
+		_ = m.cmd.Process.Kill()
 		<-done
 	}
-	_ = os.RemoveAll(minioServer.dir)
+	m.cmd = nil
+	_ = os.RemoveAll(m.dir)
 }
 
 // MinIOBinary finds the minio binary: $BACKFLOW_MINIO, then PATH, then the cache
@@ -106,7 +120,10 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func startMinIO() (*MinIO, error) {
+// Launch starts a new MinIO server on a free loopback port, with its data in a new
+// temporary folder; Stop ends it. Tests use StartMinIO, which shares one per test binary;
+// the bench program uses Launch directly.
+func Launch() (*MinIO, error) {
 	bin, err := MinIOBinary()
 	if err != nil {
 		return nil, err
@@ -127,8 +144,8 @@ func startMinIO() (*MinIO, error) {
 		}
 		m := &MinIO{
 			Endpoint:  fmt.Sprintf("http://127.0.0.1:%d", port),
-			AccessKey: "backflowtest",
-			SecretKey: "backflowtestsecret",
+			AccessKey: MinIOAccessKey,
+			SecretKey: MinIOSecretKey,
 			dir:       dir,
 		}
 		var logs bytes.Buffer
