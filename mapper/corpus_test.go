@@ -3,8 +3,6 @@ package mapper
 import (
 	"context"
 	"encoding/json"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -13,35 +11,23 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/memory"
 
 	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/internal/testutil"
 )
 
 // TestCorpus maps every file of Apache's parquet-testing data/ that pqarrow can read,
 // with the first integer or string column as user_id and every other column as traits
 // (its first 5000 rows, to keep the suite fast): no panic, and every message is valid JSON.
 func TestCorpus(t *testing.T) {
-	root := os.Getenv("BACKFLOW_PARQUET_TESTING")
-	if root == "" {
-		t.Skip("BACKFLOW_PARQUET_TESTING is not set")
-	}
+	root, paths := testutil.CorpusFiles(t, "data")
 	dir := filepath.Join(root, "data")
-	if _, err := os.Stat(dir); err != nil {
-		t.Fatalf("BACKFLOW_PARQUET_TESTING is set but unusable: %v", err)
-	}
 	var mapped int
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
+	for _, path := range paths {
 		rel, _ := filepath.Rel(dir, path)
 		t.Run(rel, func(t *testing.T) {
 			if mapCorpusFile(t, path) {
 				mapped++
 			}
 		})
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 	if mapped < 20 {
 		t.Errorf("only %d files mapped; the corpus should give dozens", mapped)

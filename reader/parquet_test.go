@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"github.com/apache/arrow-go/v18/parquet"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 
+	"github.com/backflowhq/backflow/internal/testutil"
 	"github.com/backflowhq/backflow/reader"
 )
 
@@ -432,7 +432,8 @@ func TestParquetConcurrentRowGroups(t *testing.T) {
 // is either read or refused with an error naming it, never a panic or a hang.
 func TestParquetCorpus(t *testing.T) {
 	root := os.Getenv("BACKFLOW_PARQUET_TESTING")
-	for _, path := range pqCorpus(t) {
+	_, paths := testutil.CorpusFiles(t)
+	for _, path := range paths {
 		name, _ := filepath.Rel(root, path)
 		t.Run(name, func(t *testing.T) {
 			key := filepath.Base(path)
@@ -474,37 +475,6 @@ func TestParquetCorpus(t *testing.T) {
 			t.Logf("read %d rows", rows)
 		})
 	}
-}
-
-// pqCorpus lists the corpus files, skipping when BACKFLOW_PARQUET_TESTING is unset.
-func pqCorpus(t *testing.T) []string {
-	root := os.Getenv("BACKFLOW_PARQUET_TESTING")
-	if root == "" {
-		t.Skip("BACKFLOW_PARQUET_TESTING is not set")
-	}
-	var paths []string
-	for _, sub := range []string{"data", "bad_data"} {
-		dir := filepath.Join(root, sub)
-		if _, err := os.Stat(dir); err != nil {
-			t.Fatalf("BACKFLOW_PARQUET_TESTING: %v", err)
-		}
-		err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			if !d.IsDir() && (strings.HasSuffix(p, ".parquet") || strings.HasSuffix(p, ".parquet.encrypted")) {
-				paths = append(paths, p)
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	if len(paths) == 0 {
-		t.Fatalf("no Parquet files under %s", root)
-	}
-	return paths
 }
 
 // pqWithin runs fn, failing the test when it panics or takes longer than d.

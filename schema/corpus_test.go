@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow/memory"
 
+	"github.com/backflowhq/backflow/internal/testutil"
 	"github.com/backflowhq/backflow/reader"
 	"github.com/backflowhq/backflow/schema"
 )
@@ -25,7 +25,7 @@ const corpusTimeout = 30 * time.Second
 // OpenFile, Infer, Check and a read of every row group: each is read or refused with
 // an error naming it — never a panic, never a hang.
 func TestCorpus(t *testing.T) {
-	root, paths := corpusFiles(t)
+	root, paths := testutil.CorpusFiles(t)
 	var read, refused int
 	for _, path := range paths {
 		name, _ := filepath.Rel(root, path)
@@ -95,38 +95,6 @@ func corpusRun(path, key string, mem memory.Allocator) (string, error) {
 		cols[i] = fmt.Sprintf("%s %s/%s", c.Name, c.Parquet, c.JSON)
 	}
 	return fmt.Sprintf("%d rows; %s", rows, strings.Join(cols, ", ")), nil
-}
-
-// corpusFiles lists the corpus: skipped when BACKFLOW_PARQUET_TESTING is unset, failed
-// when it is set but not there.
-func corpusFiles(t testing.TB) (string, []string) {
-	root := os.Getenv("BACKFLOW_PARQUET_TESTING")
-	if root == "" {
-		t.Skip("BACKFLOW_PARQUET_TESTING is not set")
-	}
-	var paths []string
-	for _, sub := range []string{"data", "bad_data"} {
-		dir := filepath.Join(root, sub)
-		if _, err := os.Stat(dir); err != nil {
-			t.Fatalf("BACKFLOW_PARQUET_TESTING: %v", err)
-		}
-		err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			if !d.IsDir() && (strings.HasSuffix(p, ".parquet") || strings.HasSuffix(p, ".parquet.encrypted")) {
-				paths = append(paths, p)
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	if len(paths) == 0 {
-		t.Fatalf("no Parquet files under %s", root)
-	}
-	return root, paths
 }
 
 // within runs fn in a goroutine, failing the test when a panic escapes it or when it

@@ -10,6 +10,7 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow"
 
+	"github.com/backflowhq/backflow/internal/testutil"
 	"github.com/backflowhq/backflow/reader"
 	"github.com/backflowhq/backflow/schema"
 )
@@ -40,8 +41,8 @@ func FuzzCheck(f *testing.F) {
 		`[{"ts": "2024-01-01T00:00:00"}]`, writeOpts{int96: true}))
 	f.Add([]byte("PAR1"))
 	f.Add([]byte("PAR1\x00\x00\x00\x00PAR1"))
-	if os.Getenv("BACKFLOW_PARQUET_TESTING") != "" {
-		_, paths := corpusFiles(f)
+	if os.Getenv(testutil.EnvParquetTesting) != "" {
+		_, paths := testutil.CorpusFiles(f)
 		for _, p := range paths {
 			if st, err := os.Stat(p); err == nil && st.Size() <= 16<<10 {
 				seed(p)
