@@ -825,7 +825,7 @@ func (r *run) readRowGroup(ctx context.Context, job rowGroupJob, queues []chan *
 	}()
 	rr, err := job.file.f.ReadRowGroup(ctx, job.index)
 	if err != nil {
-		r.readFailed(ctx, job, err)
+		r.readError(ctx, job, err)
 		return
 	}
 	defer rr.Release()
@@ -855,15 +855,25 @@ func (r *run) readRowGroup(ctx context.Context, job rowGroupJob, queues []chan *
 		row += n
 	}
 	if err := rr.Err(); err != nil {
-		if !schema.IsInvalid(err) && ctx.Err() == nil {
-			r.setFatal(fmt.Errorf("reading %s: %w", job.file.entry.Key, err))
-			r.cancelRead(err)
-			return
-		}
-		r.readFailed(ctx, job, err)
+		r.readError(ctx, job, err)
 		return
 	}
 	r.obs.RowsRead(r.sync.Name, 0, bytesRead)
+}
+
+// readError handles a failure reading a row group: a bad file is rejected (the others go
+// on, exit 3); a failure of the source itself (network, permissions) fails the run, and
+// the file, not acknowledged, is read again by the next run.
+func (r *run) readError(ctx context.Context, job rowGroupJob, err error) {
+	if ctx.Err() != nil {
+		return
+	}
+	if !schema.IsInvalid(err) {
+		r.setFatal(fmt.Errorf("reading %s: %w", job.file.entry.Key, err))
+		r.cancelRead(err)
+		return
+	}
+	r.readFailed(ctx, job, err)
 }
 
 func (r *run) readFailed(ctx context.Context, job rowGroupJob, err error) {
