@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/mapper"
 )
 
 // Env is what a factory may use besides the destination's own config.
@@ -33,6 +34,28 @@ type Factory func(ctx context.Context, cfg config.Destination, env Env) (Destina
 // The pipeline calls Commit at the end of a run and before a graceful stop.
 type Committer interface {
 	Commit(ctx context.Context) error
+}
+
+// Deferred is implemented by destinations whose accepted writes become durable later
+// than Write returns: the s3 destination's messages are durable once the object holding
+// them is completed. The pipeline calls WriteDeferred instead of Write for them, and
+// counts a message as delivered only when it is durable, so that nothing waits for the
+// end of the run and a failure or a kill resends only what was not durable.
+type Deferred interface {
+	// WriteDeferred accepts msgs. nil, or a *BatchError whose Failed messages are
+	// refused for good, means the other messages were accepted: durable is then called
+	// exactly once — from any goroutine, possibly before WriteDeferred returns — when
+	// every accepted message of msgs is durable (at once when none was accepted). Any
+	// other error means nothing of msgs was accepted, and durable is never called.
+	// Messages accepted earlier whose object is lost (an aborted upload) never get
+	// their durable call, and every later call fails.
+	//
+	// It may be called concurrently (max_in_flight); the destination serializes.
+	WriteDeferred(ctx context.Context, msgs []mapper.Message, durable func()) error
+	// Flush makes every accepted message durable (the s3 destination completes its
+	// open object) and returns nil only after their durable funcs were called. The
+	// pipeline calls it when reading ends, and when a run stops gracefully.
+	Flush(ctx context.Context) error
 }
 
 // Registry maps destination types to their factories. Registration is explicit, in one

@@ -28,9 +28,10 @@ const wait = 10 * time.Second
 // memStore is a state.Store that keeps run history in memory; the other methods are
 // not used by the server. appended receives the sync of every AppendHistory.
 type memStore struct {
-	mu       sync.Mutex
-	hist     map[string][][]byte
-	appended chan string
+	state.Store // nil: the methods the server does not use panic if called
+	mu          sync.Mutex
+	hist        map[string][][]byte
+	appended    chan string
 }
 
 func newMemStore() *memStore {

@@ -39,6 +39,12 @@ type Store interface {
 	ReadHashes(ctx context.Context, sync string) (HashStore, error)
 	// Rejects opens the rejects file of one run: <state>/rejects/<sync>/<runID>.jsonl.
 	Rejects(ctx context.Context, sync, runID string) (RejectsFile, error)
+	// RejectsRuns returns the ids of the sync's runs that wrote a rejects file, newest
+	// first.
+	RejectsRuns(ctx context.Context, sync string) ([]string, error)
+	// OpenRejects opens the rejects file of one run for reading, and says where it is (a
+	// path or an s3:// URL). It returns an error matching ErrNoRejects when there is none.
+	OpenRejects(ctx context.Context, sync, runID string) (io.ReadCloser, string, error)
 	// AppendHistory records a run report (JSON), keeping the newest keep of the sync.
 	AppendHistory(ctx context.Context, sync string, report []byte, keep int) error
 	// History returns the sync's kept run reports, newest first.
