@@ -17,6 +17,7 @@ const (
 	DefaultMaxConcurrentRuns = 4
 	DefaultHistory           = 20
 	DefaultShutdownGrace     = 30 * time.Second
+	DefaultLeaseTTL          = 60 * time.Second
 )
 
 // perType are the defaults that depend on a destination's type.
@@ -64,6 +65,7 @@ func applyDefaults(c *Config, isSet func(path string) bool) {
 
 	str(&c.State.URL, DefaultStateURL)
 	str(&c.State.S3.Auth.Mode, AuthDefault)
+	dur("state.lease_ttl", &c.State.LeaseTTL, DefaultLeaseTTL)
 
 	num("serve.max_concurrent_runs", &c.Serve.MaxConcurrentRuns, DefaultMaxConcurrentRuns)
 	num("serve.history", &c.Serve.History, DefaultHistory)

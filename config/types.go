@@ -25,6 +25,9 @@ type StateConfig struct {
 	// URL is a local directory (absolute after Load) or s3://bucket/prefix.
 	URL string    `mapstructure:"url"`
 	S3  S3Options `mapstructure:",squash"`
+	// LeaseTTL is how long a run's lease on s3:// state lasts without renewal: a run
+	// that was killed blocks the next one for at most this long.
+	LeaseTTL time.Duration `mapstructure:"lease_ttl"`
 }
 
 // ServeConfig tunes `backflow serve`; every field has a default.

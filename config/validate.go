@@ -91,6 +91,9 @@ func (v *validator) oneOf(p, val string, allowed ...string) bool {
 
 func (v *validator) state(c *Config) {
 	u := c.State.URL
+	if c.State.LeaseTTL < 2*time.Second {
+		v.p.check("state.lease_ttl", "must be at least 2s: a lease is renewed a few times within it")
+	}
 	switch {
 	case IsS3URL(u):
 		if _, _, ok := SplitS3URL(u); !ok {

@@ -31,6 +31,9 @@ type Policy struct {
 	Rand func() float64
 	// OnRetry, when set, is told about every retry before its wait (for logging).
 	OnRetry func(attempt int, err error, wait time.Duration)
+	// Stop, when set, is closed when the run begins to stop: a failure after that is
+	// not tried again (the batch is left for the next run), and a wait is cut short.
+	Stop <-chan struct{}
 }
 
 // NewPolicy returns the policy of a destination's retry settings; values below their
@@ -90,6 +93,9 @@ func (p Policy) Do(ctx context.Context, fn func(ctx context.Context) error) erro
 		if attempt >= attempts {
 			return err
 		}
+		if p.stopping() {
+			return fmt.Errorf("%w (not retried: the run is stopping)", err)
+		}
 		var after time.Duration
 		if re := asRetryable(err); re != nil {
 			after = re.After
@@ -98,10 +104,46 @@ func (p Policy) Do(ctx context.Context, fn func(ctx context.Context) error) erro
 		if p.OnRetry != nil {
 			p.OnRetry(attempt, err, wait)
 		}
-		if sleep(ctx, wait) != nil {
+		if p.sleepUnlessStopped(ctx, sleep, wait) != nil {
 			return stopped(ctx, err)
 		}
+		if p.stopping() {
+			return fmt.Errorf("%w (not retried: the run is stopping)", err)
+		}
 	}
+}
+
+func (p Policy) stopping() bool {
+	if p.Stop == nil {
+		return false
+	}
+	select {
+	case <-p.Stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// sleepUnlessStopped waits like sleep, but returns early (nil) once Stop is closed.
+func (p Policy) sleepUnlessStopped(ctx context.Context, sleep func(context.Context, time.Duration) error, d time.Duration) error {
+	if p.Stop == nil {
+		return sleep(ctx, d)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-p.Stop:
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
+	err := sleep(sctx, d)
+	if err != nil && ctx.Err() == nil {
+		return nil // cut short by Stop: the caller sees stopping()
+	}
+	return err
 }
 
 // stopped is last, marked as given up because ctx is done. It stays retryable (IsRetryable

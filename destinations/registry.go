@@ -22,6 +22,9 @@ type Env struct {
 	Version    string    // backflow's version, for User-Agent and context.library
 	Stdout     io.Writer // where the stdout destination writes
 	Logger     *slog.Logger
+	// Stop, when set, is closed when the run begins to stop (a signal, or a failure
+	// that ends it): failed requests are not retried after it.
+	Stop <-chan struct{}
 }
 
 // Factory builds one destination from its validated config. It does no network I/O
@@ -100,5 +103,5 @@ func (r *Registry) New(ctx context.Context, cfg config.Destination, env Env) (De
 	if err != nil {
 		return nil, fmt.Errorf("creating %s destination: %w", cfg.Type, err)
 	}
-	return Wrap(d, cfg, env.Logger), nil
+	return wrap(d, cfg, env.Logger, env.Stop), nil
 }

@@ -43,6 +43,11 @@ var ErrClosed = errors.New("destination is closed")
 // Close, and Check and Commit where d implements Checker or Committer, go straight to d.
 // A RequestManager is returned as is.
 func Wrap(d Destination, cfg config.Destination, logger *slog.Logger) Destination {
+	return wrap(d, cfg, logger, nil)
+}
+
+// wrap is Wrap with the run's stop signal: retries end once stop is closed.
+func wrap(d Destination, cfg config.Destination, logger *slog.Logger, stop <-chan struct{}) Destination {
 	if _, ok := d.(RequestManager); ok {
 		return d
 	}
@@ -58,6 +63,7 @@ func Wrap(d Destination, cfg config.Destination, logger *slog.Logger) Destinatio
 		chain = &rateLayer{next: chain, limiter: rate.NewLimiter(rate.Limit(cfg.RateLimit), 1)}
 	}
 	policy := NewPolicy(cfg.Retry)
+	policy.Stop = stop
 	name := cfg.Name
 	if name == "" {
 		name = cfg.Type
@@ -68,6 +74,12 @@ func Wrap(d Destination, cfg config.Destination, logger *slog.Logger) Destinatio
 		chain = &chunkLayer{next: chain, size: cfg.BatchSize}
 	}
 	w := &wrapped{chain: chain, inner: d}
+	if def, ok := d.(Deferred); ok {
+		// Its writes go straight to the adapter: an accepted write is not a request
+		// that can be retried or split (the s3 adapter retries its own requests).
+		checker, _ := d.(Checker)
+		return &deferredDest{wrapped: w, Deferred: def, checker: checker}
+	}
 	checker, isChecker := d.(Checker)
 	committer, isCommitter := d.(Committer)
 	switch {
@@ -118,6 +130,21 @@ type (
 		Committer
 	}
 )
+
+// deferredDest is a wrapped Deferred destination.
+type deferredDest struct {
+	*wrapped
+	Deferred
+	checker Checker
+}
+
+// Check checks the adapter when it can be checked.
+func (d *deferredDest) Check(ctx context.Context) error {
+	if d.checker == nil {
+		return nil
+	}
+	return d.checker.Check(ctx)
+}
 
 // timeoutLayer gives each attempt its own deadline.
 type timeoutLayer struct {
@@ -174,17 +201,18 @@ type splitLayer struct {
 
 func (l *splitLayer) Write(ctx context.Context, msgs []mapper.Message) error {
 	var failed []Failure
-	if err := l.write(ctx, msgs, 0, &failed, true); err != nil {
+	if err := l.write(ctx, msgs, 0, &failed); err != nil {
 		return err
 	}
 	return batchResult(failed)
 }
 
 // write writes msgs (at offset within the original batch), appending refusals to failed.
-// It returns an error only when the whole original Write must fail (nothing may be taken
-// as acknowledged). whole says msgs is the original batch: a refusal Splittable rejects
-// is returned as is there, and becomes a refusal of each message in a half.
-func (l *splitLayer) write(ctx context.Context, msgs []mapper.Message, offset int, failed *[]Failure, whole bool) error {
+// It returns an error when the whole original Write must fail (nothing may be taken as
+// acknowledged): any failure but a refusal of messages, and a refusal Splittable rejects
+// (401, 403, 407: the credentials, not the messages, are at fault) at any depth — such a
+// refusal of a half says nothing about its messages, which must not become rejects.
+func (l *splitLayer) write(ctx context.Context, msgs []mapper.Message, offset int, failed *[]Failure) error {
 	err := l.next.Write(ctx, msgs)
 	if err == nil {
 		return nil
@@ -201,23 +229,17 @@ func (l *splitLayer) write(ctx context.Context, msgs []mapper.Message, offset in
 		return err
 	}
 	if !Splittable(pe) {
-		if whole {
-			return err
-		}
-		for i := range msgs {
-			*failed = append(*failed, Failure{Index: offset + i, Err: err})
-		}
-		return nil
+		return err
 	}
 	if len(msgs) == 1 {
 		*failed = append(*failed, Failure{Index: offset, Err: err})
 		return nil
 	}
 	half := len(msgs) / 2
-	if err := l.write(ctx, msgs[:half], offset, failed, false); err != nil {
+	if err := l.write(ctx, msgs[:half], offset, failed); err != nil {
 		return err
 	}
-	return l.write(ctx, msgs[half:], offset+half, failed, false)
+	return l.write(ctx, msgs[half:], offset+half, failed)
 }
 
 // chunkLayer keeps every Write within the batch size.

@@ -311,6 +311,41 @@ func TestSplitDoesNotSplitAuthRefusals(t *testing.T) {
 	}
 }
 
+// An auth refusal of a half (the first answer was a 400, then the credentials stopped
+// working) says nothing about its messages: the whole Write fails, nothing is refused.
+func TestSplitAuthRefusalOfAHalfFailsTheWrite(t *testing.T) {
+	for _, status := range []int{401, 403, 407} {
+		d := &scripted{fn: func(_ context.Context, call int, m []mapper.Message) error {
+			if call == 0 {
+				return &PermanentError{Err: errors.New("HTTP 400 Bad Request"), Status: 400}
+			}
+			return &PermanentError{Err: fmt.Errorf("HTTP %d", status), Status: status}
+		}}
+		err := Wrap(d, cfg(1, time.Millisecond), nil).Write(context.Background(), msgs(8))
+		var pe *PermanentError
+		if !errors.As(err, &pe) || pe.Status != status || isBatchError(err) || d.count() != 2 {
+			t.Errorf("status %d on a half: Write = %v, want the %d itself (no message refused)", status, err, status)
+		}
+	}
+}
+
+// Once the run begins to stop, a failed request is not tried again.
+func TestRetryEndsWhenTheRunStops(t *testing.T) {
+	stop := make(chan struct{})
+	d := &scripted{fn: func(_ context.Context, call int, m []mapper.Message) error {
+		if call == 1 {
+			close(stop)
+		}
+		return &RetryableError{Err: errors.New("HTTP 503")}
+	}}
+	c := cfg(10, time.Millisecond)
+	w := wrap(d, c, nil, stop)
+	err := w.Write(context.Background(), msgs(3))
+	if err == nil || !IsRetryable(err) || d.count() != 2 {
+		t.Fatalf("Write = %v after %d calls; want the 503 after 2 calls (the stop came during the second)", err, d.count())
+	}
+}
+
 func TestSplitRetriesTransientFailuresOfHalves(t *testing.T) {
 	batch := msgs(10)
 	var mu sync.Mutex

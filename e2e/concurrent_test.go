@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -12,32 +13,39 @@ import (
 	"github.com/backflowhq/backflow/internal/exampledata"
 )
 
+// leaseHeldLine is the one line a run prints when another run of its sync holds the
+// lease (SPEC.md "One run at a time").
+var leaseHeldLine = regexp.MustCompile(`^backflow: sync users is running elsewhere \(host [^,]+, pid \d+, run \d{8}T\d{6}Z-[0-9a-f]{8}, since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)$`)
+
 // twoRunsAtOnce starts two `backflow sync` of the workspace's sync at once against a
-// slow webhook. Each must end cleanly, or fail with one line saying another run is
-// active; the checkpoints (read by checkpoints) must stay whole, and a later run must
-// complete the sync without losing a row.
+// slow webhook. Exactly one runs; the other sends nothing and exits 1 with one line
+// naming the holder of the lease. No message arrives twice; the checkpoints (read by
+// checkpoints) stay whole, and a later run completes the sync without losing a row.
 func twoRunsAtOnce(t *testing.T, w *workspace, hook *destinationstest.SegmentServer, files, per int, checkpoints func() [][]byte) {
 	t.Helper()
 	p1 := start(t, w.dir, w.env, "sync", "-c", w.configPath())
 	p2 := start(t, w.dir, w.env, "sync", "-c", w.configPath())
 	results := []result{p1.wait(), p2.wait()}
-	ok := 0
+	ok, held := 0, 0
 	for _, r := range results {
 		t.Logf("a concurrent run: exit %d, error lines %q", r.Code, r.errorLines())
 		switch {
 		case r.Code == 0:
 			ok++
-		case r.Code == 1 && strings.Contains(r.Stderr, "another"):
-			if lines := r.errorLines(); len(lines) != 1 {
-				t.Errorf("the stopped run printed %d error lines, want 1: %q", len(lines), lines)
+		case r.Code == 1:
+			held++
+			if lines := strings.Split(strings.TrimSpace(r.Stderr), "\n"); len(lines) != 1 || !leaseHeldLine.MatchString(lines[0]) {
+				t.Errorf("the run that found the lease held printed %q, want exactly one line naming the holder", lines)
 			}
 		default:
-			t.Errorf("a concurrent run ended neither cleanly nor with \"another run is active\"\n%s", r)
+			t.Errorf("a concurrent run ended neither cleanly nor with the lease held\n%s", r)
 		}
 	}
-	if ok == 0 {
-		t.Errorf("both concurrent runs failed:\n%s\n%s", results[0], results[1])
+	if ok != 1 || held != 1 {
+		t.Errorf("%d runs succeeded and %d found the lease held, want 1 and 1:\n%s\n%s", ok, held, results[0], results[1])
 	}
+	// The run that found the lease held sent nothing: every message arrived once.
+	checkExactlyOnce(t, "webhook", received(t, hook), idRange(0, int64(files*per)))
 
 	// The checkpoint is whole, and a third run completes what is missing.
 	cps := checkpoints()

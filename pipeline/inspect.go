@@ -337,7 +337,11 @@ func Check(ctx context.Context, cfg *config.Config, sync *config.Sync, reg *dest
 	}
 	if store != nil {
 		_, err := store.Load(ctx, sync.Name)
-		add("state "+store.String(), err, "reachable")
+		if err == nil {
+			// A state the run cannot write would lose every acknowledgement.
+			err = store.Probe(ctx, sync.Name)
+		}
+		add("state "+store.String(), err, "reachable and writable")
 	}
 	env := destinations.Env{Sync: sync.Name, RunID: "check", Version: version, Stdout: io.Discard}
 	for _, dc := range sync.Destinations {

@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"time"
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/reader"
@@ -78,7 +77,7 @@ func sameObject(f *state.File, o reader.Object) bool {
 // planFiles updates the working checkpoint for this listing and returns the files to read:
 // new files and changed files (reset, sent again whole), and files some destination has
 // not acknowledged fully. Files that vanished from the listing are removed and counted.
-func planFiles(cp *state.Checkpoint, objects []reader.Object, dests []string, now time.Time) (toRead []*state.File, unchanged, deleted int) {
+func planFiles(cp *state.Checkpoint, objects []reader.Object, dests []string) (toRead []*state.File, unchanged, deleted int) {
 	listed := make(map[string]bool, len(objects))
 	for _, o := range objects {
 		listed[o.Key] = true

@@ -30,6 +30,8 @@ type Report struct {
 	RejectsFile    string                       `json:"rejects_file,omitempty"`
 	// FileErrors names each rejected or vanished file and why.
 	FileErrors []FileError `json:"file_errors,omitempty"`
+	// CheckpointSaves counts the checkpoints this run wrote.
+	CheckpointSaves int64 `json:"checkpoint_saves,omitempty"`
 }
 
 // FileCounts counts the files of a run.
@@ -60,6 +62,9 @@ type RowCounts struct {
 type DestinationCount struct {
 	Delivered int64 `json:"delivered"`
 	Failed    int64 `json:"failed"`
+	// Unchanged counts the rows mode diff left out for this destination: it had
+	// acknowledged the same content for their identifiers before.
+	Unchanged int64 `json:"unchanged,omitempty"`
 }
 
 // FileError is a file that was rejected or could not be read.

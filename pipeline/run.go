@@ -8,13 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"runtime"
-	"strings"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/sync/errgroup"
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
@@ -33,8 +32,8 @@ type Options struct {
 	// DryRun reads, maps and counts, but builds no destination and writes no state.
 	DryRun   bool
 	Registry *destinations.Registry
-	// Store keeps checkpoints, row hashes and rejects. Required, also for dry runs (which
-	// only read from it).
+	// Store keeps checkpoints, row hashes, rejects and leases. Required, also for dry
+	// runs (which only read from it).
 	Store    state.Store
 	Logger   *slog.Logger
 	Observer Observer
@@ -43,6 +42,12 @@ type Options struct {
 	Version string
 	// RunID names the run; a new one is made when empty.
 	RunID string
+	// Wait is how long to wait for the sync's lease when another run holds it (0: fail
+	// at once, naming the holder).
+	Wait time.Duration
+	// LeaseTTL is how long an s3:// lease lasts unrenewed (default the config's
+	// state.lease_ttl).
+	LeaseTTL time.Duration
 	// Workers is how many row groups are read and mapped at once (default GOMAXPROCS).
 	Workers int
 	// Prefetch is how many files are opened and checked ahead of the reader (default 8).
@@ -53,9 +58,6 @@ type Options struct {
 	BufferBytes int64
 	// Grace bounds how long in-flight batches may take once ctx is done (default 30s).
 	Grace time.Duration
-	// CheckpointInterval is the least time between two checkpoint saves (default 100ms);
-	// progress is saved as soon as it happens within that bound.
-	CheckpointInterval time.Duration
 	// Now tells the time (tests); default time.Now.
 	Now func() time.Time
 }
@@ -76,6 +78,14 @@ func NewRunID(t time.Time) string {
 }
 
 // Run runs the sync once. It always returns a report (Status failed when err != nil).
+//
+// One run is a few parts, each owning one thing: the lease (no other run of the sync
+// meanwhile), the plan (which files, and whether this is a full sync), the readers (row
+// groups → mapped batches), the dispatcher (each destination's own selection: rows it
+// has not handled, and in mode diff rows whose content it has not acknowledged, cut
+// into its batches), the writers (max_in_flight per destination), the ledger (what is
+// handled, per destination and file) and the saver (group commit of the ledger). A
+// fatal error takes one path, fail: it is recorded once and stops the reading.
 func Run(ctx context.Context, opts Options) (*Report, error) {
 	r := newRun(opts)
 	err := r.run(ctx)
@@ -96,80 +106,33 @@ type run struct {
 	mapper    *mapper.Mapper
 	destNames []string
 	dests     []destinations.Destination
-	isCommit  []bool
-	batchSize []int
-	hashes    state.HashStore
-	hashMu    sync.Mutex // serializes Get against Put on the hash store
+	deferred  []destinations.Deferred // per destination; nil unless it is Deferred
+	outboxes  []*outbox
+	diff      *diffFilter
+	fileErrs  map[string]string // files rejected while inferring the schema
+	ledger    *ledger
 	rejects   *rejectsWriter
+	hashRec   *hashRecorder
 
-	// mu guards the working checkpoint, the trackers, the counters and the pending commits.
-	mu         sync.Mutex
-	cp         *state.Checkpoint
-	dirty      bool
-	pending    [][]*chunk // per destination: accepted by a Committer, not yet committed
-	destErr    []error    // per destination: why it stopped delivering
-	broken     []atomic.Bool
-	fatal      error
-	fileErrs   map[string]string
-	wouldSend  int64
-	unchanged  int64
-	rejected   int64
-	rowsRead   int64
-	filesRead  int
-	filesRej   int
-	delivered  []int64
-	failed     []int64
-	deliverCtx context.Context
+	// readCtx ends reading: a signal, or fail. deliverCtx bounds writes: it outlives a
+	// signal by Grace.
+	readCtx    context.Context
 	cancelRead context.CancelCauseFunc
-	// progressed is signalled (without blocking) when the checkpoint has news to save.
-	progressed chan struct{}
-}
+	deliverCtx context.Context
 
-// openFile is one source file being read.
-type openFile struct {
-	entry   *state.File
-	f       *reader.File
-	acked   []*rangeSet // per destination: acknowledged rows, live; guarded by run.mu
-	resume  []*rangeSet // per destination: acknowledged when the run started; read-only
-	refs    atomic.Int32
-	failed  atomic.Bool
-	onClose func()
-}
+	broken []atomic.Bool // per destination: failed for good in this run
 
-func (of *openFile) release() {
-	if of.refs.Add(-1) == 0 {
-		of.f.Close()
-		if of.onClose != nil {
-			of.onClose()
-		}
-	}
-}
+	mu        sync.Mutex // guards the fields below and the report's file errors
+	fatal     error
+	destErr   []error
+	filesRead int
+	filesRej  int
 
-// chunk is one batch for one destination: the messages of rows [start, end) of a file
-// (rows of that range absent from msgs were rejected, unchanged or already delivered).
-type chunk struct {
-	dest    int
-	refused int // messages the destination refused for good
-	file    *openFile
-	start   int64
-	end     int64
-	msgs    []mapper.Message
-	unit    *unit
-}
-
-// unit is one mapped record batch; once every chunk cut from it is acknowledged by its
-// destination, the row hashes of its messages are recorded (mode diff).
-type unit struct {
-	pending int // guarded by run.mu
-	failed  bool
-	refused map[string]bool // message ids refused by some destination
-	msgs    []mapper.Message
-}
-
-type rowGroupJob struct {
-	file  *openFile
-	index int
-	start int64
+	rowsRead  atomic.Int64
+	rejected  atomic.Int64 // rows refused by the mapper or a destination
+	wouldSend atomic.Int64
+	unchanged atomic.Int64 // rows no destination needed because their content is unchanged
+	saves     atomic.Int64
 }
 
 func newRun(opts Options) *run {
@@ -197,21 +160,23 @@ func newRun(opts Options) *run {
 	if opts.Grace <= 0 {
 		opts.Grace = 30 * time.Second
 	}
-	if opts.CheckpointInterval <= 0 {
-		opts.CheckpointInterval = 100 * time.Millisecond
+	if opts.LeaseTTL <= 0 && opts.Config != nil {
+		opts.LeaseTTL = opts.Config.State.LeaseTTL
+	}
+	if opts.LeaseTTL <= 0 {
+		opts.LeaseTTL = config.DefaultLeaseTTL
 	}
 	start := opts.Now().UTC()
 	if opts.RunID == "" {
 		opts.RunID = NewRunID(start)
 	}
 	r := &run{
-		opts:       opts,
-		sync:       opts.Sync,
-		start:      start,
-		obs:        opts.Observer,
-		fileErrs:   map[string]string{},
-		rejects:    &rejectsWriter{},
-		progressed: make(chan struct{}, 1),
+		opts:     opts,
+		sync:     opts.Sync,
+		start:    start,
+		obs:      opts.Observer,
+		fileErrs: map[string]string{},
+		rejects:  &rejectsWriter{},
 	}
 	r.log = opts.Logger.With("sync", opts.Sync.Name, "run_id", opts.RunID)
 	r.report = &Report{
@@ -225,8 +190,41 @@ func newRun(opts Options) *run {
 	return r
 }
 
+// fail records the run's fatal error (the first one wins) and stops the reading;
+// batches in flight finish, and what they acknowledged is saved.
+func (r *run) fail(err error) {
+	r.mu.Lock()
+	if r.fatal == nil {
+		r.fatal = err
+	}
+	r.mu.Unlock()
+	if r.cancelRead != nil {
+		r.cancelRead(err)
+	}
+}
+
 func (r *run) run(ctx context.Context) error {
 	opts := r.opts
+	r.readCtx, r.cancelRead = context.WithCancelCause(ctx)
+	defer r.cancelRead(nil)
+
+	if !opts.DryRun {
+		// The lease comes first: nothing is listed or sent while another run of the
+		// sync is active.
+		lease, err := r.acquire(ctx)
+		if err != nil {
+			return err
+		}
+		defer r.release(lease)
+		go func() {
+			select {
+			case <-lease.Lost():
+				r.fail(fmt.Errorf("sync %s: %w; this run stops sending", r.sync.Name, lease.Err()))
+			case <-r.readCtx.Done():
+			}
+		}()
+	}
+
 	src, err := reader.NewSource(ctx, r.sync.Source)
 	if err != nil {
 		return fmt.Errorf("opening source %s: %w", r.sync.Source.URL, err)
@@ -284,39 +282,26 @@ func (r *run) run(ctx context.Context) error {
 		cp.SchemaFingerprint = schemaFP
 	}
 	cp.LastRunID = opts.RunID
-	r.cp = cp
 
 	for _, d := range r.sync.Destinations {
 		r.destNames = append(r.destNames, d.Name)
 		r.report.Destinations[d.Name] = &DestinationCount{}
 	}
+	r.ledger = newLedger(cp, r.destNames)
 	// Files rejected while inferring the schema are planned like any other: a rejected
 	// file is not acknowledged, so it is checked again next run.
-	toRead, unchanged, deleted := planFiles(cp, listing.Objects, r.destNames, r.start)
+	toRead, unchanged, deleted := planFiles(cp, listing.Objects, r.destNames)
 	r.report.Files.Unchanged = unchanged
 	r.report.Files.Deleted = deleted
 	r.log.Info("planned run", "full_sync", reason != "", "reason", reason,
 		"files_to_read", len(toRead), "files_unchanged", unchanged, "files_deleted", deleted)
 	if deleted > 0 {
-		r.markDirtyLocked()
+		r.ledger.touch()
 	}
 
 	if r.sync.Mode == ModeDiff && r.mapper != nil && !(opts.DryRun && reason != "") {
-		open := opts.Store.Hashes
-		if opts.DryRun {
-			open = opts.Store.ReadHashes // a dry run writes no state
-		}
-		h, err := open(ctx, r.sync.Name)
-		if err != nil {
-			return fmt.Errorf("opening row-hash store of sync %s: %w", r.sync.Name, err)
-		}
-		if h != nil {
-			r.hashes = h
-		}
-		if reason != "" && !opts.DryRun {
-			if err := h.Clear(ctx); err != nil {
-				return fmt.Errorf("clearing row-hash store of sync %s: %w", r.sync.Name, err)
-			}
+		if err := r.openHashes(ctx, prev, reason != ""); err != nil {
+			return err
 		}
 	}
 	defer r.closeHashes()
@@ -331,7 +316,11 @@ func (r *run) run(ctx context.Context) error {
 		}
 		r.rejects.file = rf
 	}
-	r.recordInferenceRejects(toRead)
+	for _, f := range toRead {
+		if msg, ok := r.fileErrs[f.Key]; ok {
+			r.rejectFile(f.Key, msg)
+		}
+	}
 
 	if po, ok := r.obs.(ProgressObserver); ok {
 		var bytes int64
@@ -341,6 +330,86 @@ func (r *run) run(ctx context.Context) error {
 		po.Planned(r.sync.Name, len(toRead), bytes)
 	}
 	return r.execute(ctx, src, toRead)
+}
+
+// acquire takes the sync's lease, waiting up to opts.Wait for it.
+func (r *run) acquire(ctx context.Context) (state.Lease, error) {
+	host, _ := os.Hostname()
+	holder := state.Holder{Host: host, PID: os.Getpid(), RunID: r.opts.RunID, Since: r.start}
+	poll := min(max(r.opts.LeaseTTL/10, 200*time.Millisecond), 2*time.Second)
+	lease, err := state.AcquireWait(ctx, r.opts.Store, r.sync.Name, holder, r.opts.LeaseTTL, r.opts.Wait, poll,
+		func(held *state.LeaseHeldError) {
+			r.log.Info("waiting for the sync's lease", "holder", held.Error(), "wait", r.opts.Wait)
+		})
+	if err != nil {
+		if errors.Is(err, state.ErrLeaseHeld) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("taking the lease of sync %s: %w", r.sync.Name, err)
+	}
+	return lease, nil
+}
+
+func (r *run) release(lease state.Lease) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := lease.Release(ctx); err != nil {
+		r.log.Warn("releasing the sync's lease; it expires by itself", "error", err)
+	}
+}
+
+// openHashes opens the row-hash store of mode diff and finds each destination's bit.
+func (r *run) openHashes(ctx context.Context, prev *state.Checkpoint, full bool) error {
+	open := r.opts.Store.Hashes
+	if r.opts.DryRun {
+		open = r.opts.Store.ReadHashes // a dry run writes no state
+	}
+	h, err := open(ctx, r.sync.Name)
+	if err != nil {
+		return fmt.Errorf("opening row-hash store of sync %s: %w", r.sync.Name, err)
+	}
+	if h == nil {
+		return nil // a dry run before any run: every row is new
+	}
+	r.diff = &diffFilter{store: h}
+	if full && !r.opts.DryRun {
+		if err := h.Clear(ctx); err != nil {
+			return fmt.Errorf("clearing row-hash store of sync %s: %w", r.sync.Name, err)
+		}
+	}
+	// A store written before it kept destinations stands for those that the checkpoint
+	// says acknowledged something.
+	var legacy []string
+	if prev != nil {
+		seen := map[string]bool{}
+		for _, f := range prev.Files {
+			for name := range f.Acked {
+				seen[name] = true
+			}
+		}
+		for name := range seen {
+			legacy = append(legacy, name)
+		}
+		slices.Sort(legacy)
+	}
+	bits, err := h.Bits(ctx, r.destNames, legacy)
+	if err != nil {
+		return fmt.Errorf("row-hash store of sync %s: %w", r.sync.Name, err)
+	}
+	r.diff.bits = bits
+	return nil
+}
+
+func (r *run) closeHashes() {
+	if r.diff == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := r.diff.store.Close(ctx); err != nil {
+		r.log.Error("closing row-hash store", "error", err)
+	}
+	r.diff = nil
 }
 
 // inferSchema opens files in key order until one passes the checks; it fixes the sync's
@@ -376,18 +445,11 @@ func (r *run) inferSchema(ctx context.Context, src reader.Source, objects []read
 	return nil
 }
 
-// recordInferenceRejects reports files rejected while inferring the schema, where this
-// run would have read them.
-func (r *run) recordInferenceRejects(toRead []*state.File) {
-	for _, f := range toRead {
-		if msg, ok := r.fileErrs[f.Key]; ok {
-			r.rejectFile(f.Key, msg)
-		}
-	}
-}
-
+// rejectFile records a rejected file; the caller holds no lock.
 func (r *run) rejectFile(key, msg string) {
 	r.log.Error("rejected file", "key", key, "error", msg)
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.report.FileErrors = append(r.report.FileErrors, FileError{Key: key, Error: msg})
 	r.filesRej++
 }
@@ -405,6 +467,8 @@ func (r *run) openFile(ctx context.Context, src reader.Source, obj reader.Object
 	return f, nil
 }
 
+// openDestinations builds the sync's destinations. Their Env.Stop is the end of reading
+// (a signal, or a failure): they stop retrying then.
 func (r *run) openDestinations(ctx context.Context) error {
 	env := destinations.Env{
 		Sync:       r.sync.Name,
@@ -413,6 +477,7 @@ func (r *run) openDestinations(ctx context.Context) error {
 		Version:    r.opts.Version,
 		Stdout:     r.opts.Stdout,
 		Logger:     r.log,
+		Stop:       r.readCtx.Done(),
 	}
 	for _, cfg := range r.sync.Destinations {
 		d, err := r.opts.Registry.New(ctx, cfg, env)
@@ -420,17 +485,13 @@ func (r *run) openDestinations(ctx context.Context) error {
 			r.closeDestinations(ctx)
 			return fmt.Errorf("destination %s: %w", cfg.Name, err)
 		}
-		_, committer := d.(destinations.Committer)
+		def, _ := d.(destinations.Deferred)
 		r.dests = append(r.dests, d)
-		r.isCommit = append(r.isCommit, committer)
-		r.batchSize = append(r.batchSize, cfg.BatchSize)
+		r.deferred = append(r.deferred, def)
 	}
 	n := len(r.dests)
-	r.pending = make([][]*chunk, n)
 	r.destErr = make([]error, n)
 	r.broken = make([]atomic.Bool, n)
-	r.delivered = make([]int64, n)
-	r.failed = make([]int64, n)
 	return nil
 }
 
@@ -445,25 +506,9 @@ func (r *run) closeDestinations(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (r *run) closeHashes() {
-	if r.hashes == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := r.hashes.Close(ctx); err != nil {
-		r.log.Error("closing row-hash store", "error", err)
-	}
-	r.hashes = nil
-}
-
 // execute reads the planned files and delivers their rows.
 func (r *run) execute(ctx context.Context, src reader.Source, toRead []*state.File) error {
-	// readCtx stops reading at once on a signal or a fatal error; deliveries in flight
-	// go on under deliverCtx for up to Grace after ctx is done.
-	readCtx, cancelRead := context.WithCancelCause(ctx)
-	defer cancelRead(nil)
-	r.cancelRead = cancelRead
+	// Deliveries in flight go on under deliverCtx for up to Grace after ctx is done.
 	deliverCtx, cancelDeliver := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelDeliver()
 	r.deliverCtx = deliverCtx
@@ -483,113 +528,74 @@ func (r *run) execute(ctx context.Context, src reader.Source, toRead []*state.Fi
 	}()
 	defer close(finished)
 
-	queues := make([]chan *chunk, len(r.dests))
-	var destWG sync.WaitGroup
-	for i := range r.dests {
-		queues[i] = make(chan *chunk, r.sync.Destinations[i].MaxInFlight)
-		for w := 0; w < r.sync.Destinations[i].MaxInFlight; w++ {
-			destWG.Add(1)
+	// Writers: max_in_flight per destination, each taking batches from its outbox.
+	var writers sync.WaitGroup
+	r.outboxes = make([]*outbox, len(r.dests)) // none in a dry run
+	for d := range r.dests {
+		cfg := r.sync.Destinations[d]
+		size := cfg.BatchSize
+		if size <= 0 {
+			size = 500
+		}
+		r.outboxes[d] = &outbox{dest: d, size: size, queue: make(chan *batch, cfg.MaxInFlight), handled: r.handledEmpty}
+		for range cfg.MaxInFlight {
+			writers.Add(1)
 			go func() {
-				defer destWG.Done()
-				r.deliver(ctx, i, queues[i])
+				defer writers.Done()
+				r.writer(d, r.outboxes[d].queue)
 			}()
 		}
 	}
-
-	// The checkpoint saver runs until the end; failures to save are fatal. It saves as
-	// soon as something was acknowledged, so a killed run resends little more than the
-	// batches in flight, but leaves at least CheckpointInterval and ten times the last
-	// save's duration between saves, so saving never takes more than a tenth of the time.
-	saverDone := make(chan struct{})
-	stopSaver := make(chan struct{})
-	go func() {
-		defer close(saverDone)
-		if r.opts.DryRun {
-			return
-		}
-		for {
-			select {
-			case <-stopSaver:
-				return
-			case <-r.progressed:
-			}
-			began := time.Now()
-			if err := r.save(deliverCtx, false); err != nil {
-				r.setFatal(err)
-				cancelRead(err)
-				return
-			}
-			gap := max(r.opts.CheckpointInterval, 10*time.Since(began))
-			t := time.NewTimer(gap)
-			select {
-			case <-stopSaver:
-				t.Stop()
-				return
-			case <-t.C:
-			}
-		}
-	}()
-
-	jobs := make(chan rowGroupJob)
-	g, gctx := errgroup.WithContext(readCtx)
-	for w := 0; w < r.opts.Workers; w++ {
-		g.Go(func() error {
-			for job := range jobs {
-				r.readRowGroup(gctx, job, queues)
-			}
-			return nil
-		})
+	if r.diff != nil && !r.opts.DryRun {
+		r.hashRec = newHashRecorder(r.diff.store, r.deliverCtx, r.fail)
 	}
-	g.Go(func() error {
-		defer close(jobs)
-		r.produce(gctx, src, toRead, jobs)
-		return nil
-	})
-	_ = g.Wait()
-	for _, q := range queues {
-		close(q)
-	}
-	destWG.Wait()
 
-	// Committers acknowledge what they accepted only now.
-	for i, d := range r.dests {
-		if !r.isCommit[i] || r.broken[i].Load() {
+	sv := &saver{ledger: r.ledger, rejects: r.rejects, store: r.opts.Store, sync: r.sync.Name, saves: &r.saves, now: r.opts.Now}
+	if !r.opts.DryRun {
+		sv.start(deliverCtx, r.fail)
+	}
+
+	r.read(src, toRead)
+
+	// Reading ended (done, stopped or failed): what sits in the outboxes is sent — on
+	// a stop too, within the grace — and the writers drain.
+	for _, o := range r.outboxes {
+		o.flush(deliverCtx)
+		close(o.queue)
+	}
+	writers.Wait()
+
+	// Deferred destinations make what they accepted durable now.
+	for d, def := range r.deferred {
+		if def == nil || r.broken[d].Load() {
 			continue
 		}
-		c := d.(destinations.Committer)
-		err := c.Commit(deliverCtx)
-		r.mu.Lock()
-		chunks := r.pending[i]
-		r.pending[i] = nil
-		for _, ch := range chunks {
-			if err != nil {
-				r.failChunkLocked(ch, err)
-			} else {
-				r.ackLocked(ch, len(ch.msgs)-ch.refused)
-			}
+		if err := def.Flush(deliverCtx); err != nil {
+			r.destFailed(d, fmt.Errorf("destination %s: completing what it accepted: %w", r.destNames[d], err))
 		}
-		if err != nil {
-			r.destErr[i] = fmt.Errorf("destination %s: committing: %w", r.destNames[i], err)
-		}
-		r.mu.Unlock()
 	}
 	closeErr := r.closeDestinations(deliverCtx)
-	close(stopSaver)
-	<-saverDone
+	if r.hashRec != nil {
+		r.hashRec.close()
+	}
+	sv.stop()
 
 	var errs []error
 	if !r.opts.DryRun {
 		saveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
-		if err := r.save(saveCtx, true); err != nil {
-			r.setFatal(err)
-		}
-		if r.rejects.file != nil {
-			if err := r.rejects.file.Close(saveCtx); err != nil {
-				errs = append(errs, fmt.Errorf("closing rejects file: %w", err))
+		if r.diff != nil && !r.failed() {
+			if err := r.diff.store.Commit(saveCtx); err != nil {
+				r.fail(fmt.Errorf("saving row hashes: %w", err))
 			}
-			r.report.RejectsFile = r.rejects.file.Location()
 		}
+		if err := sv.save(saveCtx); err != nil {
+			r.fail(err)
+		}
+		if err := r.rejects.close(saveCtx); err != nil {
+			errs = append(errs, fmt.Errorf("closing rejects file: %w", err))
+		}
+		r.report.RejectsFile = r.rejects.location()
 	}
 	r.mu.Lock()
 	if r.fatal != nil {
@@ -604,637 +610,45 @@ func (r *run) execute(ctx context.Context, src reader.Source, toRead []*state.Fi
 	if closeErr != nil {
 		errs = append(errs, closeErr)
 	}
-	if err := ctx.Err(); err != nil && !r.allDone(toRead) {
+	if err := ctx.Err(); err != nil && !r.ledger.done(toRead, r.isRejected) {
 		errs = append([]error{fmt.Errorf("interrupted: %w", context.Cause(ctx))}, errs...)
 	}
 	return errors.Join(errs...)
 }
 
-// allDone tells whether every planned file was acknowledged by every destination (or
-// rejected): a run stopped by a signal after that has nothing left to do.
-func (r *run) allDone(files []*state.File) bool {
+func (r *run) failed() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, f := range files {
-		if _, rejected := r.fileErrs[f.Key]; rejected {
-			continue
-		}
-		if f.Rows < 0 || !f.Done(r.destNames) {
-			return false
-		}
-	}
-	return true
+	return r.fatal != nil
 }
 
-func (r *run) setFatal(err error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.fatal == nil {
-		r.fatal = err
-	}
-}
-
-// openedFile is a planned file opened and checked ahead of the reader.
-type openedFile struct {
-	f   *reader.File
-	err error
-}
-
-// produce opens the planned files (a few ahead, concurrently) and hands their row groups
-// to the workers, in key order. At most Prefetch files are open at once: a slot is taken
-// before opening and given back when the file is closed (or failed to open).
-func (r *run) produce(ctx context.Context, src reader.Source, files []*state.File, jobs chan<- rowGroupJob) {
-	results := make([]chan openedFile, len(files))
-	for i := range results {
-		results[i] = make(chan openedFile, 1)
-	}
-	sem := make(chan struct{}, r.opts.Prefetch)
-	// Files are opened with the read context itself, not one that ends with this
-	// function: an S3 blob keeps its context for every ranged GET, and the row groups of
-	// the last files are read after produce has queued them and returned.
-	openCtx := ctx
-	go func() {
-		for i, entry := range files {
-			if _, rejected := r.fileErrs[entry.Key]; rejected {
-				results[i] <- openedFile{}
-				continue
-			}
-			select {
-			case sem <- struct{}{}:
-			case <-openCtx.Done():
-				for j := i; j < len(files); j++ {
-					results[j] <- openedFile{err: openCtx.Err()}
-				}
-				return
-			}
-			go func() {
-				obj := reader.Object{Key: entry.Key, Size: entry.Size, ETag: entry.ETag, VersionID: entry.VersionID}
-				f, err := r.openFile(openCtx, src, obj)
-				if err == nil {
-					if _, cerr := schema.Check(openCtx, f, r.sync.Source.Limits, r.schema); cerr != nil {
-						f.Close()
-						f, err = nil, cerr
-					}
-				}
-				if err != nil {
-					<-sem
-				}
-				results[i] <- openedFile{f: f, err: err}
-			}()
-		}
-	}()
-	drain := func(rest []chan openedFile) {
-		for _, ch := range rest {
-			if res := <-ch; res.f != nil {
-				res.f.Close()
-				<-sem
-			}
-		}
-	}
-
-	for i, entry := range files {
-		res := <-results[i]
-		if res.f == nil && res.err == nil {
-			continue // rejected while inferring the schema
-		}
-		if res.err != nil {
-			if ctx.Err() != nil {
-				drain(results[i+1:])
-				return
-			}
-			r.mu.Lock()
-			if errors.Is(res.err, reader.ErrNotFound) || errors.Is(res.err, reader.ErrChanged) {
-				what := "vanished"
-				if errors.Is(res.err, reader.ErrChanged) {
-					what = "changed"
-				}
-				r.log.Warn("file "+what+" between listing and reading; the next run reads it", "key", entry.Key)
-				r.report.FileErrors = append(r.report.FileErrors, FileError{Key: entry.Key, Error: what + " between listing and reading"})
-				r.report.Files.Vanished++
-				delete(r.cp.Files, entry.Key)
-				r.markDirtyLocked()
-			} else if schema.IsInvalid(res.err) {
-				r.rejectFile(entry.Key, res.err.Error())
-			} else {
-				// Reading failed (network, permissions): the run fails; nothing of the file
-				// was acknowledged, so the next run reads it again.
-				r.mu.Unlock()
-				r.setFatal(res.err)
-				r.cancelRead(res.err)
-				drain(results[i+1:])
-				return
-			}
-			r.mu.Unlock()
-			r.fileDone(entry.Key)
-			continue
-		}
-		if !r.startFile(ctx, entry, res.f, jobs, func() { <-sem }) {
-			drain(results[i+1:])
-			return
-		}
-	}
-}
-
-func (r *run) fileDone(key string) {
-	if po, ok := r.obs.(ProgressObserver); ok {
-		po.FileRead(r.sync.Name, key)
-	}
-}
-
-// startFile queues the row groups of an open file that some destination still needs.
-// It returns false when ctx ended.
-func (r *run) startFile(ctx context.Context, entry *state.File, f *reader.File, jobs chan<- rowGroupJob, onClose func()) bool {
-	of := &openFile{entry: entry, f: f}
-	rows := f.NumRows()
-	r.mu.Lock()
-	r.filesRead++
-	entry.Rows = rows
-	for _, name := range r.destNames {
-		if r.opts.DryRun {
-			break
-		}
-		lead, more := entry.Acked[name], entry.AckedRanges[name]
-		if lead > rows || lead < 0 {
-			// The checkpoint does not fit this file: send it again whole.
-			lead, more = 0, nil
-		}
-		for _, rg := range more {
-			if rg[0] < 0 || rg[1] > rows {
-				lead, more = 0, nil
-				break
-			}
-		}
-		set := newRangeSet(lead, more)
-		of.acked = append(of.acked, set)
-		of.resume = append(of.resume, set.clone())
-		entry.Acked[name] = set.leading()
-	}
-	r.markDirtyLocked()
-	r.mu.Unlock()
-
-	// needed tells whether some destination lacks a row of [start, end).
-	needed := func(start, end int64) bool {
-		if len(of.resume) == 0 {
-			return true
-		}
-		for _, set := range of.resume {
-			if !set.covers(start, end) {
-				return true
-			}
-		}
-		return false
-	}
-
-	key := entry.Key
-	of.onClose = func() {
-		onClose()
-		r.fileDone(key)
-	}
-	of.refs.Store(1)
-	var start int64
-	ok := true
-	for rg := 0; rg < f.NumRowGroups(); rg++ {
-		n := f.RowGroupRows(rg)
-		if n > 0 && needed(start, start+n) {
-			of.refs.Add(1)
-			select {
-			case jobs <- rowGroupJob{file: of, index: rg, start: start}:
-			case <-ctx.Done():
-				of.refs.Add(-1)
-				ok = false
-			}
-			if !ok {
-				break
-			}
-		}
-		start += n
-	}
-	of.release()
+func (r *run) isRejected(key string) bool {
+	_, ok := r.fileErrs[key]
 	return ok
-}
-
-// readRowGroup reads one row group, maps it and hands its batches to the destinations.
-func (r *run) readRowGroup(ctx context.Context, job rowGroupJob, queues []chan *chunk) {
-	defer job.file.release()
-	defer func() {
-		// Arrays decoded from a corrupt page can break the mapper's assumptions: the
-		// file is rejected, the process goes on.
-		if p := recover(); p != nil {
-			r.readFailed(ctx, job, fmt.Errorf("unreadable data: %v", p))
-		}
-	}()
-	rr, err := job.file.f.ReadRowGroup(ctx, job.index)
-	if err != nil {
-		r.readError(ctx, job, err)
-		return
-	}
-	defer rr.Release()
-	row := job.start
-	var bytesRead int64
-	if md := job.file.f.Metadata(); md != nil && job.index < md.NumRowGroups() {
-		bytesRead = md.RowGroup(job.index).TotalCompressedSize()
-	}
-	for rr.Next() {
-		if ctx.Err() != nil {
-			return
-		}
-		rec := rr.RecordBatch()
-		n := rec.NumRows()
-		var msgs []mapper.Message
-		var rejects []mapper.Reject
-		if r.mapper != nil {
-			msgs, rejects = r.mapper.Map(rec, row, make([]mapper.Message, 0, n), nil)
-		}
-		r.obs.RowsRead(r.sync.Name, n, 0)
-		r.mu.Lock()
-		r.rowsRead += n
-		r.mu.Unlock()
-		if !r.dispatch(ctx, job.file, row, row+n, msgs, rejects, queues) {
-			return
-		}
-		row += n
-	}
-	if err := rr.Err(); err != nil {
-		r.readError(ctx, job, err)
-		return
-	}
-	r.obs.RowsRead(r.sync.Name, 0, bytesRead)
-}
-
-// readError handles a failure reading a row group: a bad file is rejected (the others go
-// on, exit 3); a failure of the source itself (network, permissions) fails the run, and
-// the file, not acknowledged, is read again by the next run.
-func (r *run) readError(ctx context.Context, job rowGroupJob, err error) {
-	if ctx.Err() != nil {
-		return
-	}
-	if !schema.IsInvalid(err) {
-		r.setFatal(fmt.Errorf("reading %s: %w", job.file.entry.Key, err))
-		r.cancelRead(err)
-		return
-	}
-	r.readFailed(ctx, job, err)
-}
-
-func (r *run) readFailed(ctx context.Context, job rowGroupJob, err error) {
-	if ctx.Err() != nil {
-		return
-	}
-	if job.file.failed.Swap(true) {
-		return
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	msg := err.Error()
-	if !strings.Contains(msg, job.file.entry.Key) {
-		msg = fmt.Sprintf("%s: row group %d: %s", job.file.entry.Key, job.index, msg)
-	}
-	r.rejectFile(job.file.entry.Key, msg)
-}
-
-// dispatch records the rejects of one mapped record batch (rows [lo, hi) of a file),
-// drops the rows mode diff finds unchanged, and cuts the rest into one batch per
-// destination batch size. It returns false when ctx ended.
-func (r *run) dispatch(ctx context.Context, of *openFile, lo, hi int64, msgs []mapper.Message, rejects []mapper.Reject, queues []chan *chunk) bool {
-	key := of.entry.Key
-	for _, rej := range rejects {
-		r.rejects.write(rejectLine{File: key, Row: rej.Row, Reason: rej.Reason, Message: rej.Message})
-	}
-	if len(rejects) > 0 {
-		r.mu.Lock()
-		r.rejected += int64(len(rejects))
-		r.mu.Unlock()
-	}
-	if r.hashes != nil && len(msgs) > 0 {
-		kept, err := r.dropUnchanged(ctx, msgs)
-		if err != nil {
-			r.setFatal(err)
-			return false
-		}
-		msgs = kept
-	}
-	if r.opts.DryRun {
-		r.mu.Lock()
-		r.wouldSend += int64(len(msgs))
-		r.mu.Unlock()
-		return true
-	}
-
-	u := &unit{msgs: msgs}
-	var chunks []*chunk
-	var empties []*chunk
-	for d := range r.dests {
-		if of.resume[d].covers(lo, hi) {
-			continue
-		}
-		sel := msgs
-		if of.resume[d].intersects(lo, hi) {
-			// Leave out the rows this destination acknowledged in an earlier run.
-			sel = make([]mapper.Message, 0, len(msgs))
-			for i := range msgs {
-				if !of.resume[d].contains(msgs[i].Row) {
-					sel = append(sel, msgs[i])
-				}
-			}
-		}
-		if len(sel) == 0 {
-			empties = append(empties, &chunk{dest: d, file: of, start: lo, end: hi, unit: u})
-			continue
-		}
-		size := r.batchSize[d]
-		for i := 0; i < len(sel); i += size {
-			j := min(i+size, len(sel))
-			c := &chunk{dest: d, file: of, start: sel[i].Row, end: hi, msgs: sel[i:j], unit: u}
-			if i == 0 {
-				c.start = lo
-			}
-			if j < len(sel) {
-				c.end = sel[j].Row
-			}
-			chunks = append(chunks, c)
-		}
-	}
-	r.mu.Lock()
-	u.pending = len(chunks)
-	for _, c := range empties {
-		r.ackLocked(c, 0)
-	}
-	if len(chunks) == 0 {
-		r.unitDoneLocked(u)
-	}
-	r.mu.Unlock()
-	for i, c := range chunks {
-		select {
-		case queues[c.dest] <- c:
-		case <-ctx.Done():
-			r.mu.Lock()
-			for _, rest := range chunks[i:] {
-				rest.unit.failed = true
-			}
-			r.mu.Unlock()
-			return false
-		}
-	}
-	return true
-}
-
-// dropUnchanged removes the messages whose content hash equals the one stored for
-// their key (mode diff) and counts them.
-func (r *run) dropUnchanged(ctx context.Context, msgs []mapper.Message) ([]mapper.Message, error) {
-	keys := make([]string, len(msgs))
-	for i := range msgs {
-		keys[i] = msgs[i].Key
-	}
-	r.hashMu.Lock()
-	stored, err := r.hashes.Get(ctx, keys)
-	r.hashMu.Unlock()
-	if err != nil {
-		return nil, fmt.Errorf("reading row hashes: %w", err)
-	}
-	kept := msgs[:0:0]
-	var same int64
-	for i := range msgs {
-		if stored[i] == contentHash(msgs[i].ID) {
-			same++
-			continue
-		}
-		kept = append(kept, msgs[i])
-	}
-	if same > 0 {
-		r.mu.Lock()
-		r.unchanged += same
-		r.mu.Unlock()
-	}
-	return kept, nil
-}
-
-// contentHash is what the row-hash store keeps of a messageId: its hex digest without
-// the "bf-" prefix, which the store packs into half the bytes.
-func contentHash(messageID string) string {
-	return strings.TrimPrefix(messageID, "bf-")
-}
-
-// deliver is one in-flight writer of destination d.
-func (r *run) deliver(ctx context.Context, d int, queue <-chan *chunk) {
-	dest := r.dests[d]
-	name := r.destNames[d]
-	for c := range queue {
-		if ctx.Err() != nil {
-			continue // stopping: batches not yet started are abandoned, not acknowledged
-		}
-		if r.broken[d].Load() {
-			r.mu.Lock()
-			r.failChunkLocked(c, nil)
-			r.mu.Unlock()
-			continue
-		}
-		r.obs.BatchStarted(r.sync.Name, name)
-		err := dest.Write(r.deliverCtx, c.msgs)
-		r.handleResult(c, err)
-	}
-}
-
-func (r *run) handleResult(c *chunk, err error) {
-	name := r.destNames[c.dest]
-	var batchErr *destinations.BatchError
-	switch {
-	case err == nil:
-		r.obs.BatchDone(r.sync.Name, name, int64(len(c.msgs)), 0)
-		r.mu.Lock()
-		if r.isCommit[c.dest] {
-			r.pending[c.dest] = append(r.pending[c.dest], c)
-		} else {
-			r.ackLocked(c, len(c.msgs))
-		}
-		r.mu.Unlock()
-	case errors.As(err, &batchErr):
-		refused := map[int]bool{}
-		for _, f := range batchErr.Failed {
-			if f.Index < 0 || f.Index >= len(c.msgs) || refused[f.Index] {
-				continue
-			}
-			refused[f.Index] = true
-			m := &c.msgs[f.Index]
-			r.rejects.write(rejectLine{File: c.file.entry.Key, Row: m.Row, Destination: name,
-				Reason: fmt.Sprint(f.Err), Message: m.JSON})
-		}
-		r.obs.BatchDone(r.sync.Name, name, int64(len(c.msgs)-len(refused)), int64(len(refused)))
-		r.mu.Lock()
-		r.failed[c.dest] += int64(len(refused))
-		r.rejected += int64(len(refused))
-		if c.unit.refused == nil {
-			c.unit.refused = map[string]bool{}
-		}
-		for i := range refused {
-			c.unit.refused[c.msgs[i].ID] = true
-		}
-		c.refused = len(refused)
-		if r.isCommit[c.dest] {
-			r.pending[c.dest] = append(r.pending[c.dest], c)
-		} else {
-			r.ackLocked(c, len(c.msgs)-len(refused))
-		}
-		r.mu.Unlock()
-	default:
-		r.obs.BatchDone(r.sync.Name, name, 0, int64(len(c.msgs)))
-		if r.deliverCtx.Err() != nil {
-			// Stopping: the batch is abandoned, not refused; the next run sends it.
-			r.mu.Lock()
-			c.unit.failed = true
-			r.mu.Unlock()
-			return
-		}
-		r.mu.Lock()
-		r.failChunkLocked(c, err)
-		if r.destErr[c.dest] == nil {
-			r.destErr[c.dest] = fmt.Errorf("destination %s: %w", name, err)
-			r.log.Error("destination failed; its remaining batches are kept for the next run",
-				"destination", name, "error", err)
-		}
-		r.broken[c.dest].Store(true)
-		allBroken := true
-		for i := range r.broken {
-			allBroken = allBroken && r.broken[i].Load()
-		}
-		r.mu.Unlock()
-		if allBroken {
-			// Nothing can be delivered any more: stop reading; the next run resends.
-			r.cancelRead(errors.New("every destination failed"))
-		}
-	}
-}
-
-// failChunkLocked counts a chunk that was not delivered. Its rows stay unacknowledged.
-func (r *run) failChunkLocked(c *chunk, err error) {
-	r.failed[c.dest] += int64(len(c.msgs))
-	c.unit.failed = true
-}
-
-// ackLocked marks the chunk's rows acknowledged by its destination and advances the
-// file's checkpoint entry.
-func (r *run) ackLocked(c *chunk, delivered int) {
-	if len(r.delivered) > c.dest {
-		r.delivered[c.dest] += int64(delivered)
-	}
-	set := c.file.acked[c.dest]
-	set.add(c.start, c.end)
-	name := r.destNames[c.dest]
-	c.file.entry.Acked[name] = set.leading()
-	if more := set.beyond(); more != nil {
-		if c.file.entry.AckedRanges == nil {
-			c.file.entry.AckedRanges = map[string][][2]int64{}
-		}
-		c.file.entry.AckedRanges[name] = more
-	} else {
-		delete(c.file.entry.AckedRanges, name)
-		if len(c.file.entry.AckedRanges) == 0 {
-			c.file.entry.AckedRanges = nil
-		}
-	}
-	r.markDirtyLocked()
-	if len(c.msgs) > 0 {
-		c.unit.pending--
-		if c.unit.pending == 0 {
-			r.unitDoneLocked(c.unit)
-		}
-	}
-}
-
-// markDirtyLocked notes that the checkpoint changed and wakes the saver.
-func (r *run) markDirtyLocked() {
-	r.dirty = true
-	select {
-	case r.progressed <- struct{}{}:
-	default:
-	}
-}
-
-// unitDoneLocked records the row hashes of a record batch every destination took.
-func (r *run) unitDoneLocked(u *unit) {
-	if r.hashes == nil || u.failed || len(u.msgs) == 0 {
-		u.msgs = nil
-		return
-	}
-	keys := make([]string, 0, len(u.msgs))
-	ids := make([]string, 0, len(u.msgs))
-	for i := range u.msgs {
-		if u.refused[u.msgs[i].ID] {
-			continue
-		}
-		keys = append(keys, u.msgs[i].Key)
-		ids = append(ids, contentHash(u.msgs[i].ID))
-	}
-	u.msgs = nil
-	r.hashMu.Lock()
-	err := r.hashes.Put(r.deliverCtx, keys, ids)
-	r.hashMu.Unlock()
-	if err != nil && r.fatal == nil {
-		r.fatal = fmt.Errorf("recording row hashes: %w", err)
-	}
-}
-
-// save writes the working checkpoint when it changed (always when final). The rejects
-// file is made durable first, so a checkpoint never counts a reject that was lost.
-func (r *run) save(ctx context.Context, final bool) error {
-	r.mu.Lock()
-	if !r.dirty && !final {
-		r.mu.Unlock()
-		return nil
-	}
-	snap := r.cp.Clone()
-	snap.UpdatedAt = r.opts.Now().UTC()
-	for key, f := range snap.Files {
-		if f.Rows < 0 {
-			// Planned but not opened (rejected, or the run stopped first): absent from
-			// the checkpoint, the file is read as new by the next run.
-			delete(snap.Files, key)
-		}
-	}
-	r.dirty = false
-	r.mu.Unlock()
-	if r.rejects.file != nil {
-		if err := r.rejects.file.Flush(ctx); err != nil {
-			return fmt.Errorf("writing rejects file: %w", err)
-		}
-	}
-	if r.hashes != nil && final {
-		if err := r.hashes.Commit(ctx); err != nil {
-			return fmt.Errorf("saving row hashes: %w", err)
-		}
-	}
-	if err := r.opts.Store.Save(ctx, snap); err != nil {
-		if errors.Is(err, state.ErrConflict) {
-			return fmt.Errorf("sync %s: this run stops: %w", r.sync.Name, err)
-		}
-		return fmt.Errorf("saving checkpoint of sync %s: %w", r.sync.Name, err)
-	}
-	r.mu.Lock()
-	r.cp.Generation = snap.Generation
-	r.mu.Unlock()
-	return nil
 }
 
 // finish fills the report's counters and status.
 func (r *run) finish(err error) {
 	rep := r.report
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	rep.Files.Read = r.filesRead
 	rep.Files.Rejected = r.filesRej
-	rep.Rows.Read = r.rowsRead
-	rep.Rows.Unchanged = r.unchanged
-	rep.Rows.Rejected = r.rejected
-	rep.Rows.WouldSend = r.wouldSend
-	var sent int64
-	for i, name := range r.destNames {
-		if i < len(r.delivered) {
+	r.mu.Unlock()
+	rep.Rows.Read = r.rowsRead.Load()
+	rep.Rows.Unchanged = r.unchanged.Load()
+	rep.Rows.Rejected = r.rejected.Load()
+	rep.Rows.WouldSend = r.wouldSend.Load()
+	rep.CheckpointSaves = r.saves.Load()
+	if r.ledger != nil {
+		delivered, failed, unchanged := r.ledger.counts()
+		var sent int64
+		for i, name := range r.destNames {
 			dc := rep.Destinations[name]
-			dc.Delivered = r.delivered[i]
-			dc.Failed = r.failed[i]
-			sent = max(sent, r.delivered[i])
+			dc.Delivered, dc.Failed, dc.Unchanged = delivered[i], failed[i], unchanged[i]
+			sent = max(sent, delivered[i])
 		}
+		rep.Rows.Sent = sent
 	}
-	rep.Rows.Sent = sent
 	rep.DurationMS = r.opts.Now().UTC().Sub(r.start).Milliseconds()
 	switch {
 	case err != nil:

@@ -26,8 +26,9 @@ type fakeDest struct {
 	batches  int
 	failFrom int                          // fail every Write from this batch on (0: never)
 	refuse   func(m *mapper.Message) bool // refuse these messages for good
-	commit   func(context.Context) error  // non-nil: the fake is a Committer
-	accepted []string                     // userIds accepted, not yet committed
+	commit   func(context.Context) error  // non-nil: the fake is Deferred; Flush calls it
+	accepted []string                     // userIds accepted, not yet durable
+	durable  []func()                     // durable funcs of the accepted writes
 }
 
 func newFakeDest() *fakeDest { return &fakeDest{got: map[string]int{}} }
@@ -59,19 +60,35 @@ func (d *fakeDest) Write(ctx context.Context, msgs []mapper.Message) error {
 
 func (d *fakeDest) Close(context.Context) error { return nil }
 
+// committingFake is a destinations.Deferred fake: what it accepts becomes durable on
+// Flush, when commit returns nil (a failed commit loses what was accepted).
 type committingFake struct{ *fakeDest }
 
-func (d committingFake) Commit(ctx context.Context) error {
+func (d committingFake) WriteDeferred(ctx context.Context, msgs []mapper.Message, durable func()) error {
+	err := d.fakeDest.Write(ctx, msgs)
+	var be *destinations.BatchError
+	if err == nil || errors.As(err, &be) {
+		d.mu.Lock()
+		d.durable = append(d.durable, durable)
+		d.mu.Unlock()
+	}
+	return err
+}
+
+func (d committingFake) Flush(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := d.commit(ctx); err != nil {
-		d.accepted = nil
+		d.accepted, d.durable = nil, nil
 		return err
 	}
 	for _, id := range d.accepted {
 		d.got[id]++
 	}
-	d.accepted = nil
+	for _, f := range d.durable {
+		f()
+	}
+	d.accepted, d.durable = nil, nil
 	return nil
 }
 

@@ -48,7 +48,7 @@ func BenchmarkHashStore(b *testing.B) {
 			b.Fatal(err)
 		}
 		for i := 0; i < n; i += batch {
-			if err := h.Put(ctx, keys[i:i+batch], hashes[i:i+batch]); err != nil {
+			if err := h.Put(ctx, 0, keys[i:i+batch], hashes[i:i+batch]); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -64,7 +64,7 @@ func BenchmarkHashStore(b *testing.B) {
 		}
 		changed := 0
 		for i := 0; i < n; i += batch {
-			got, err := h.Get(ctx, keys[i:i+batch])
+			got, err := hashStrings(h.Get(ctx, keys[i:i+batch]))
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -37,7 +37,7 @@ func putInCalls(t testing.TB, h HashStore, keys, hashes []string) {
 	t.Helper()
 	for i := 0; i < len(keys); i += 10_000 {
 		j := min(i+10_000, len(keys))
-		if err := h.Put(context.Background(), keys[i:j], hashes[i:j]); err != nil {
+		if err := h.Put(context.Background(), 0, keys[i:j], hashes[i:j]); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -57,7 +57,7 @@ func checkAll(t *testing.T, b *backend, sync string, want map[string]string) {
 	for k := range want {
 		keys = append(keys, k)
 	}
-	got, err := h.Get(ctx, keys)
+	got, err := hashStrings(h.Get(ctx, keys))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,10 +213,10 @@ func TestHashesCompactionKeepsLockedFile(t *testing.T) {
 	if o.err != nil {
 		t.Fatal(o.err)
 	}
-	if got, err := o.h.Get(ctx, keys[:1]); err != nil || got[0] != hashes[0] {
+	if got, err := hashStrings(o.h.Get(ctx, keys[:1])); err != nil || got[0] != hashes[0] {
 		t.Fatalf("second run reads %q, %v; want %q", got, err, hashes[0])
 	}
-	if err := o.h.Put(ctx, []string{"second"}, []string{"run"}); err != nil {
+	if err := o.h.Put(ctx, 0, []string{"second"}, []string{"run"}); err != nil {
 		t.Fatal(err)
 	}
 	o.h.(*boltHashes).compactRatio = math.Inf(1)
@@ -228,7 +228,7 @@ func TestHashesCompactionKeepsLockedFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Close(ctx)
-	if got, err := h.Get(ctx, []string{"second", keys[len(keys)-1]}); err != nil || got[0] != "run" || got[1] != hashes[len(hashes)-1] {
+	if got, err := hashStrings(h.Get(ctx, []string{"second", keys[len(keys)-1]})); err != nil || got[0] != "run" || got[1] != hashes[len(hashes)-1] {
 		t.Fatalf("after both runs: %q, %v; the second run's write was lost", got, err)
 	}
 }
@@ -388,7 +388,7 @@ func TestCompactHelperProcess(t *testing.T) {
 		// part of one), so that the store keeps growing.
 		for {
 			keys, hashes := crashBatchPairs(batch)
-			got, err := h.Get(ctx, keys)
+			got, err := hashStrings(h.Get(ctx, keys))
 			if err != nil {
 				fail(err)
 			}
@@ -398,7 +398,7 @@ func TestCompactHelperProcess(t *testing.T) {
 			batch++
 		}
 		keys, hashes := crashBatchPairs(batch)
-		if err := h.Put(ctx, keys, hashes); err != nil {
+		if err := h.Put(ctx, 0, keys, hashes); err != nil {
 			fail(err)
 		}
 		if err := h.Close(ctx); err != nil {
@@ -463,7 +463,7 @@ func TestCrashCompaction(t *testing.T) {
 		n := 0
 		for ; ; n++ {
 			keys, hashes := crashBatchPairs(n)
-			got, err := h.Get(ctx, keys)
+			got, err := hashStrings(h.Get(ctx, keys))
 			if err != nil {
 				t.Fatalf("kill %d: batch %d: %v", kill, n, err)
 			}
@@ -480,7 +480,7 @@ func TestCrashCompaction(t *testing.T) {
 			}
 			// A batch cut short by the kill may be partly written, but only the last.
 			next, _ := crashBatchPairs(n + 1)
-			if got, err := h.Get(ctx, next[:1]); err == nil && got[0] != "" && present != crashBatch {
+			if got, err := hashStrings(h.Get(ctx, next[:1])); err == nil && got[0] != "" && present != crashBatch {
 				t.Fatalf("kill %d: batch %d has %d keys of %d, and a later batch was written", kill, n, present, crashBatch)
 			}
 		}

@@ -3,7 +3,9 @@ package state
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -23,7 +25,18 @@ var (
 	hashesBucket = []byte("hashes")
 	metaBucket   = []byte("meta")
 	versionKey   = []byte("version")
+	// destBitsKey maps destination names to their bit in entry masks (JSON);
+	// legacyMaskKey is the mask that entries written before masks existed stand for.
+	destBitsKey   = []byte("dest_bits")
+	legacyMaskKey = []byte("legacy_mask")
 )
+
+// hashStoreVersion is the row-hash store's format: 2 added the per-destination masks
+// (older builds refuse it as newer rather than misread it).
+const hashStoreVersion = 2
+
+// maxDestinations is how many destination names one store can tell apart (mask bits).
+const maxDestinations = 64
 
 // Stored keys and hashes are tagged: lowercase hex of even length (message ids and
 // content hashes) is stored decoded, at half the size; anything else is stored as is.
@@ -56,6 +69,52 @@ func appendEncoded(dst []byte, s string) []byte {
 	}
 	dst = append(dst, tagRaw)
 	return append(dst, s...)
+}
+
+// tagMasked starts a value of format 2: tagMasked, the destination mask (uvarint), then
+// the hash in its tagged stored form. Values without it (tagHex, tagRaw) were written
+// before masks existed and stand for the store's legacy mask.
+const tagMasked byte = 2
+
+// HashEntry is what the row-hash store keeps of a key: the content hash last
+// acknowledged for it and, as a bit set over the store's destination bits (Bits), the
+// destinations that acknowledged exactly that content.
+type HashEntry struct {
+	Hash  string
+	Dests uint64
+}
+
+// Acked tells whether the destination of bit acknowledged hash for this key.
+func (e HashEntry) Acked(bit uint, hash string) bool {
+	return e.Hash != "" && e.Hash == hash && e.Dests&(1<<bit) != 0
+}
+
+// merge returns what the store keeps after e was recorded over old: the same content
+// adds its destinations; other content replaces the entry.
+func (e HashEntry) merge(old HashEntry) HashEntry {
+	if old.Hash == e.Hash {
+		e.Dests |= old.Dests
+	}
+	return e
+}
+
+func appendValue(dst []byte, e HashEntry) []byte {
+	dst = append(dst, tagMasked)
+	dst = binary.AppendUvarint(dst, e.Dests)
+	return appendEncoded(dst, e.Hash)
+}
+
+func decodeValue(b []byte, legacy uint64) (HashEntry, error) {
+	if len(b) > 0 && b[0] == tagMasked {
+		mask, n := binary.Uvarint(b[1:])
+		if n <= 0 {
+			return HashEntry{}, errors.New("bad destination mask")
+		}
+		h, err := decodeStored(b[1+n:])
+		return HashEntry{Hash: h, Dests: mask}, err
+	}
+	h, err := decodeStored(b)
+	return HashEntry{Hash: h, Dests: legacy}, err
 }
 
 func decodeStored(b []byte) (string, error) {
@@ -105,6 +164,10 @@ type boltHashes struct {
 	// run between a flush's removal of pending pairs and its commit.
 	mu     sync.Mutex
 	closed bool
+	// bits maps destination names to their mask bit; legacy is the mask of entries
+	// written before masks existed.
+	bits   map[string]uint
+	legacy uint64
 	// pending maps stored keys to stored values ("" deletes) not yet written.
 	pending      map[string]string
 	pendingBytes int
@@ -200,7 +263,7 @@ func openBolt(path, where, sync string, noSync, readOnly bool, lockTimeout time.
 				if v := meta.Get(versionKey); v != nil {
 					if n, err := strconv.Atoi(string(v)); err != nil {
 						return corrupt(fmt.Errorf("bad format version %q", v))
-					} else if n > Version {
+					} else if n > hashStoreVersion {
 						return &NewerFormatError{What: "row-hash store", Where: where, Version: n}
 					}
 				}
@@ -218,10 +281,11 @@ func openBolt(path, where, sync string, noSync, readOnly bool, lockTimeout time.
 			if err != nil {
 				return corrupt(fmt.Errorf("bad format version %q", v))
 			}
-			if n > Version {
+			if n > hashStoreVersion {
 				return &NewerFormatError{What: "row-hash store", Where: where, Version: n}
 			}
-		} else if err := meta.Put(versionKey, []byte(strconv.Itoa(Version))); err != nil {
+		}
+		if err := meta.Put(versionKey, []byte(strconv.Itoa(hashStoreVersion))); err != nil {
 			return err
 		}
 		_, err = tx.CreateBucketIfNotExists(hashesBucket)
@@ -242,11 +306,16 @@ func openBolt(path, where, sync string, noSync, readOnly bool, lockTimeout time.
 		// is the system's temporary one, not worth listing.)
 		removeCompactionTemps(path)
 	}
-	return &boltHashes{
+	h = &boltHashes{
 		db: db, path: path, where: where, sync: sync, noSync: noSync, readOnly: readOnly,
 		pending: map[string]string{}, pendingLimit: defaultPendingLimit,
 		compactRatio: defaultCompactRatio, compactMin: defaultCompactMin,
-	}, nil
+	}
+	if err := h.loadBits(); err != nil {
+		_ = db.Close()
+		return nil, corrupt(err)
+	}
+	return h, nil
 }
 
 // lockCurrent opens path with bbolt, which locks the file (flock: exclusive, shared when
@@ -352,16 +421,106 @@ func (h *boltHashes) guard(err *error) {
 	}
 }
 
-// Get looks the keys up in the pending pairs, then in key order in one read
-// transaction (sorted lookups walk the tree's pages in order).
-func (h *boltHashes) Get(ctx context.Context, keys []string) (out []string, err error) {
+// loadBits reads the destination bits and the legacy mask from the meta bucket; nil
+// bits means the store has not met destinations yet (Bits decides the legacy mask).
+func (h *boltHashes) loadBits() error {
+	return h.db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(metaBucket)
+		if meta == nil {
+			return nil
+		}
+		if v := meta.Get(destBitsKey); v != nil {
+			if err := json.Unmarshal(v, &h.bits); err != nil {
+				return fmt.Errorf("destination bits: %w", err)
+			}
+		}
+		if v := meta.Get(legacyMaskKey); v != nil {
+			mask, n := binary.Uvarint(v)
+			if n <= 0 {
+				return errors.New("bad legacy mask")
+			}
+			h.legacy = mask
+		}
+		return nil
+	})
+}
+
+// Bits returns the mask bit of each destination, giving new names bits of their own
+// (kept in the store). The first call on a store written before masks existed decides
+// what its entries stand for: every destination named in legacy acknowledged them.
+func (h *boltHashes) Bits(ctx context.Context, dests, legacy []string) (out []uint, err error) {
 	done, err := h.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer done()
 	defer h.guard(&err)
-	out = make([]string, len(keys))
+	changed := false
+	assign := func(name string) (uint, error) {
+		if b, ok := h.bits[name]; ok {
+			return b, nil
+		}
+		used := make(map[uint]bool, len(h.bits))
+		for _, b := range h.bits {
+			used[b] = true
+		}
+		for b := uint(0); b < maxDestinations; b++ {
+			if !used[b] {
+				h.bits[name] = b
+				changed = true
+				return b, nil
+			}
+		}
+		return 0, fmt.Errorf("row-hash store %s: more than %d destination names were used with sync %q; run `backflow state reset --sync %s`", h.where, maxDestinations, h.sync, h.sync)
+	}
+	if h.bits == nil {
+		h.bits = map[string]uint{}
+		changed = true
+		for _, name := range legacy {
+			b, err := assign(name)
+			if err != nil {
+				return nil, err
+			}
+			h.legacy |= 1 << b
+		}
+	}
+	out = make([]uint, len(dests))
+	for i, name := range dests {
+		if out[i], err = assign(name); err != nil {
+			return nil, err
+		}
+	}
+	if !changed || h.readOnly {
+		return out, nil // a read-only store keeps new bits in memory: nothing is written
+	}
+	data, err := json.Marshal(h.bits)
+	if err != nil {
+		return nil, err
+	}
+	err = h.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(metaBucket)
+		if err := meta.Put(destBitsKey, data); err != nil {
+			return err
+		}
+		return meta.Put(legacyMaskKey, binary.AppendUvarint(nil, h.legacy))
+	})
+	if err != nil {
+		return nil, h.wrap("writing destination bits of", err)
+	}
+	h.dirty = true
+	return out, nil
+}
+
+// Get looks the keys up in key order in one read transaction (sorted lookups walk the
+// tree's pages in order) and merges what is pending for them.
+func (h *boltHashes) Get(ctx context.Context, keys []string) (out []HashEntry, err error) {
+	done, err := h.begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	defer h.guard(&err)
+	out = make([]HashEntry, len(keys))
 	type lookup struct {
 		k []byte
 		i int
@@ -371,14 +530,7 @@ func (h *boltHashes) Get(ctx context.Context, keys []string) (out []string, err 
 	for i, k := range keys {
 		start := len(arena)
 		arena = appendEncoded(arena, k)
-		enc := arena[start:]
-		if v, ok := h.pending[string(enc)]; ok {
-			if out[i], err = h.decode(k, []byte(v)); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		lookups = append(lookups, lookup{i: i, k: enc})
+		lookups = append(lookups, lookup{i: i, k: arena[start:]})
 	}
 	// Subslices of earlier arena arrays stay valid after append reallocates.
 	slices.SortFunc(lookups, func(a, b lookup) int { return bytes.Compare(a.k, b.k) })
@@ -390,15 +542,26 @@ func (h *boltHashes) Get(ctx context.Context, keys []string) (out []string, err 
 					return err
 				}
 			}
-			v := b.Get(l.k)
-			if v == nil {
-				continue
+			var stored HashEntry
+			if v := b.Get(l.k); v != nil {
+				e, err := h.decode(keys[l.i], v)
+				if err != nil {
+					return err
+				}
+				stored = e
 			}
-			s, err := h.decode(keys[l.i], v)
-			if err != nil {
-				return err
+			if v, ok := h.pending[string(l.k)]; ok {
+				if v == "" {
+					stored = HashEntry{} // a pending delete
+				} else {
+					e, err := h.decode(keys[l.i], []byte(v))
+					if err != nil {
+						return err
+					}
+					stored = e.merge(stored)
+				}
 			}
-			out[l.i] = s
+			out[l.i] = stored
 		}
 		return nil
 	})
@@ -408,22 +571,24 @@ func (h *boltHashes) Get(ctx context.Context, keys []string) (out []string, err 
 	return out, nil
 }
 
-func (h *boltHashes) decode(key string, v []byte) (string, error) {
-	if len(v) == 0 {
-		return "", nil // a pending delete
-	}
-	s, err := decodeStored(v)
+func (h *boltHashes) decode(key string, v []byte) (HashEntry, error) {
+	e, err := decodeValue(v, h.legacy)
 	if err != nil {
-		return "", &CorruptError{What: "row-hash store", Where: h.where, Sync: h.sync, Err: fmt.Errorf("key %q: %w", key, err)}
+		return HashEntry{}, &CorruptError{What: "row-hash store", Where: h.where, Sync: h.sync, Err: fmt.Errorf("key %q: %w", key, err)}
 	}
-	return s, nil
+	return e, nil
 }
 
-// Put records the pairs (an empty hash deletes the key; of repeated keys the last wins).
-// They are written with the next flush: when enough are pending, or on Commit or Close.
-func (h *boltHashes) Put(ctx context.Context, keys, hashes []string) (err error) {
+// Put records that the destination of bit acknowledged hashes[i] for keys[i] (an
+// empty hash deletes the key for every destination). A hash equal to the stored one adds
+// the destination to it; another hash replaces the entry. They are written with the next
+// flush: when enough are pending, or on Commit or Close.
+func (h *boltHashes) Put(ctx context.Context, bit uint, keys, hashes []string) (err error) {
 	if len(keys) != len(hashes) {
 		return fmt.Errorf("row-hash store %s: %d keys but %d hashes", h.where, len(keys), len(hashes))
+	}
+	if bit >= maxDestinations {
+		return fmt.Errorf("row-hash store %s: destination bit %d out of range", h.where, bit)
 	}
 	done, err := h.begin(ctx)
 	if err != nil {
@@ -438,10 +603,23 @@ func (h *boltHashes) Put(ctx context.Context, keys, hashes []string) (err error)
 		}
 		vbuf = vbuf[:0]
 		if hashes[i] != "" {
-			vbuf = appendEncoded(vbuf, hashes[i])
+			e := HashEntry{Hash: hashes[i], Dests: 1 << bit}
+			if old, ok := h.pending[string(kbuf)]; ok && old != "" {
+				oe, err := h.decode(k, []byte(old))
+				if err != nil {
+					return err
+				}
+				e = e.merge(oe)
+			}
+			vbuf = appendValue(vbuf, e)
 		}
+		old, had := h.pending[string(kbuf)]
 		h.pending[string(kbuf)] = string(vbuf)
-		h.pendingBytes += len(kbuf) + len(vbuf) + pendingOverhead
+		if had {
+			h.pendingBytes += len(vbuf) - len(old)
+		} else {
+			h.pendingBytes += len(kbuf) + len(vbuf) + pendingOverhead
+		}
 	}
 	if h.pendingBytes >= h.pendingLimit {
 		return h.flush(ctx)
@@ -513,7 +691,22 @@ func (h *boltHashes) writeSlice(ctx context.Context, keys []string) (n int, err 
 			if v == "" {
 				err = b.Delete([]byte(k))
 			} else {
-				err = b.Put([]byte(k), []byte(v))
+				val := []byte(v)
+				if old := b.Get([]byte(k)); old != nil {
+					// The same content acknowledged by other destinations keeps them.
+					oe, derr := h.decode(k[1:], old)
+					if derr != nil {
+						return derr
+					}
+					ne, derr := h.decode(k[1:], val)
+					if derr != nil {
+						return derr
+					}
+					if merged := ne.merge(oe); merged.Dests != ne.Dests {
+						val = appendValue(nil, merged)
+					}
+				}
+				err = b.Put([]byte(k), val)
 			}
 			if err != nil {
 				return fmt.Errorf("key %q: %w", k[1:], err)

@@ -49,17 +49,27 @@ type Store interface {
 	AppendHistory(ctx context.Context, sync string, report []byte, keep int) error
 	// History returns the sync's kept run reports, newest first.
 	History(ctx context.Context, sync string) ([][]byte, error)
+	// Leaser: one run of a sync at a time, across processes sharing the store.
+	Leaser
+	// Probe proves that the sync's state can be written (it writes and deletes a probe).
+	Probe(ctx context.Context, sync string) error
 	// String is the store's URL, with no secret.
 	String() string
 }
 
 // HashStore maps a message key (mapper.Message.Key) to the hash of the content last
-// delivered for it (mapper.Message.ID). It is used by one run at a time.
+// acknowledged for it (mapper.Message.ID) and the destinations that acknowledged that
+// content, so that mode diff judges "unchanged" per destination. It is used by one run
+// at a time; its methods are safe for concurrent use.
 type HashStore interface {
-	// Get returns the stored hash of each key ("" where none), in order.
-	Get(ctx context.Context, keys []string) ([]string, error)
-	// Put records hashes[i] for keys[i].
-	Put(ctx context.Context, keys, hashes []string) error
+	// Bits returns each destination's bit in the entries' masks, giving new names
+	// their own. The first call on a store written before masks existed says which
+	// destinations its entries stand for (legacy).
+	Bits(ctx context.Context, dests, legacy []string) ([]uint, error)
+	// Get returns the stored entry of each key (a zero HashEntry where none), in order.
+	Get(ctx context.Context, keys []string) ([]HashEntry, error)
+	// Put records that the destination of bit acknowledged hashes[i] for keys[i].
+	Put(ctx context.Context, bit uint, keys, hashes []string) error
 	// Clear removes every entry (a full sync rebuilds the store).
 	Clear(ctx context.Context) error
 	// Commit makes every Put so far durable.

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -12,6 +15,7 @@ import (
 
 	"github.com/backflowhq/backflow/destinations/all"
 	"github.com/backflowhq/backflow/pipeline"
+	"github.com/backflowhq/backflow/state"
 )
 
 type syncOptions struct {
@@ -19,6 +23,7 @@ type syncOptions struct {
 	dryRun   bool
 	report   string
 	grace    time.Duration
+	wait     time.Duration
 	progress string
 }
 
@@ -37,6 +42,7 @@ func newSyncCommand(g *globalOptions) *cobra.Command {
 	f.BoolVar(&o.dryRun, "dry-run", false, "read, map and count, but send nothing and write no state")
 	f.StringVar(&o.report, "report", "", "write the run report as JSON to this file")
 	f.DurationVar(&o.grace, "grace", 30*time.Second, "on SIGINT/SIGTERM, how long batches in flight may take to finish")
+	f.DurationVar(&o.wait, "wait", 0, "when another run of the sync holds its lease, wait this long for it (default: exit 1 at once)")
 	f.StringVar(&o.progress, "progress", "auto", "progress bar: auto (on a terminal), always or never")
 	return c
 }
@@ -51,6 +57,16 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 	case "auto", "always", "never":
 	default:
 		return &usageError{fmt.Errorf("--progress %q: want auto, always or never", o.progress)}
+	}
+	if o.wait < 0 {
+		return &usageError{fmt.Errorf("--wait %s: must not be negative", o.wait)}
+	}
+	if o.report != "" {
+		// Found before anything is read or sent: a run whose report cannot be written
+		// would be a run nobody can account for.
+		if err := checkWritable(o.report); err != nil {
+			return &usageError{fmt.Errorf("--report %s: %w", o.report, err)}
+		}
 	}
 	logger, err := g.logger()
 	if err != nil {
@@ -78,16 +94,27 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 		Stdout:   g.stdout,
 		Version:  version,
 		Grace:    o.grace,
+		Wait:     o.wait,
 	})
 	if bar != nil {
 		bar.finish()
 	}
+	if errors.Is(runErr, state.ErrLeaseHeld) {
+		// Another run is active: this one did nothing, and says only that.
+		return runErr
+	}
+	// The history and the report are written even when the run was interrupted: ctx is
+	// done then, and they must not be lost with it.
+	ctx = context.WithoutCancel(ctx)
 	if !o.dryRun && rep != nil && (runErr == nil || exitCode(runErr) != exitUsage) {
 		// The report joins the sync's run history, which `serve` shows in GET /syncs: runs
 		// started from the command line or a CronJob are listed with scheduled ones. A
 		// configuration error (exit 2) writes nothing.
 		if b, err := json.Marshal(rep); err == nil {
-			if err := store.AppendHistory(ctx, s.Name, b, cfg.Serve.History); err != nil {
+			hctx, cancel := context.WithTimeout(ctx, time.Minute)
+			err := store.AppendHistory(hctx, s.Name, b, cfg.Serve.History)
+			cancel()
+			if err != nil {
 				logger.Warn("recording the run in the history", "error", err)
 			}
 		}
@@ -117,6 +144,26 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 		return &exitError{code: exitPartial}
 	}
 	return nil
+}
+
+// checkWritable tells whether a file can be written at path: its directory exists and
+// takes a new file (a probe, removed at once).
+func checkWritable(path string) error {
+	dir := filepath.Dir(path)
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("its directory %s: %w", dir, errors.Unwrap(err))
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	f, err := os.CreateTemp(dir, ".backflow-report-*")
+	if err != nil {
+		return fmt.Errorf("cannot write in %s: %w", dir, errors.Unwrap(err))
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
 }
 
 // summary is the one-paragraph account of a run printed on stderr.

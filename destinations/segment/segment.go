@@ -145,6 +145,7 @@ func newSegment(cfg config.Destination, env destinations.Env, interval time.Dura
 	base.MaxIdleConnsPerHost = max(cfg.MaxInFlight, 4)
 	life, cancel := context.WithCancel(context.Background())
 	policy := destinations.NewPolicy(cfg.Retry)
+	policy.Stop = env.Stop
 	tr := &transport{
 		base:         base,
 		policy:       policy,

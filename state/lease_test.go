@@ -1,0 +1,159 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// One run of a sync at a time: a second Acquire names the holder; a released lease can
+// be taken again at once; of many runs racing for it, exactly one wins.
+func TestLeaseOneHolder(t *testing.T) {
+	forEachStore(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		h1 := Holder{Host: "h1", PID: 11, RunID: "run-1", Since: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
+		l1, err := b.store.Acquire(ctx, "users", h1, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = b.reopen(t).Acquire(ctx, "users", Holder{Host: "h2", PID: 22, RunID: "run-2"}, 10*time.Second)
+		var held *LeaseHeldError
+		if !errors.As(err, &held) || !errors.Is(err, ErrLeaseHeld) {
+			t.Fatalf("second Acquire = %v, want a LeaseHeldError", err)
+		}
+		want := "sync users is running elsewhere (host h1, pid 11, run run-1, since 2025-01-01T00:00:00Z)"
+		if err.Error() != want {
+			t.Fatalf("message %q, want %q", err, want)
+		}
+		// Another sync is not affected.
+		l3, err := b.store.Acquire(ctx, "orders", h1, 10*time.Second)
+		if err != nil {
+			t.Fatalf("lease of another sync: %v", err)
+		}
+		if err := l3.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := l1.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		l2, err := b.reopen(t).Acquire(ctx, "users", Holder{Host: "h2", PID: 22, RunID: "run-2"}, 10*time.Second)
+		if err != nil {
+			t.Fatalf("Acquire after Release: %v", err)
+		}
+		if err := l2.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+
+		// A race: 8 stores (processes) at once, exactly one wins.
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var won []Lease
+		for i := range 8 {
+			st := b.reopen(t)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				l, err := st.Acquire(ctx, "users", Holder{Host: "racer", PID: i}, 10*time.Second)
+				if err == nil {
+					mu.Lock()
+					won = append(won, l)
+					mu.Unlock()
+				} else if !errors.Is(err, ErrLeaseHeld) {
+					t.Errorf("racer %d: %v", i, err)
+				}
+			}()
+		}
+		wg.Wait()
+		if len(won) != 1 {
+			t.Fatalf("%d runs hold the lease at once, want 1", len(won))
+		}
+		_ = won[0].Release(ctx)
+	})
+}
+
+// An s3:// lease whose holder was killed (it stopped renewing) lapses after its ttl; one
+// whose object another run overwrote is lost, and its holder is told.
+func TestS3LeaseExpiresAndIsLost(t *testing.T) {
+	b := s3Backend(t)
+	ctx := context.Background()
+	l1, err := b.store.Acquire(ctx, "users", Holder{Host: "killed", PID: 1, RunID: "r1"}, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Killed: it stops renewing without releasing.
+	s3l := l1.(*s3Lease)
+	close(s3l.stop)
+	<-s3l.stopped
+	if _, err := b.reopen(t).Acquire(ctx, "users", Holder{Host: "next"}, 2*time.Second); !errors.Is(err, ErrLeaseHeld) {
+		t.Fatalf("Acquire within the ttl = %v, want held", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	var l2 Lease
+	for {
+		l2, err = b.reopen(t).Acquire(ctx, "users", Holder{Host: "next", PID: 2, RunID: "r2"}, 2*time.Second)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrLeaseHeld) || time.Now().After(deadline) {
+			t.Fatalf("Acquire after the ttl: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond) // polling the lease as `sync --wait` does
+	}
+	// Someone overwrites the lease object (a reset by hand, a clock far off): l2 is lost
+	// at its next renewal.
+	b.put(t, "leases/users.json", []byte(`{"host":"intruder","expires":"2999-01-01T00:00:00Z"}`))
+	select {
+	case <-l2.Lost():
+		if err := l2.Err(); err == nil || !strings.Contains(err.Error(), "taken over") {
+			t.Fatalf("Err = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the lease was not reported lost")
+	}
+	_ = l2.Release(ctx)
+}
+
+// A local lease is an OS lock: it ends with its holder's file, whatever the holder's end.
+func TestLocalLeaseEndsWithItsFile(t *testing.T) {
+	dir := t.TempDir()
+	st, err := newLocalStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	l, err := st.Acquire(ctx, "users", Holder{Host: "h", PID: 1}, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Closing the file (what the kernel does when the process dies) frees the lock.
+	l.(*localLease).f.Close()
+	l.(*localLease).f = nil
+	l2, err := st.Acquire(ctx, "users", Holder{Host: "h", PID: 2}, time.Second)
+	if err != nil {
+		t.Fatalf("Acquire after the holder's end: %v", err)
+	}
+	_ = l2.Release(ctx)
+}
+
+// Probe fails where a run could not save, and leaves nothing behind where it can.
+func TestProbe(t *testing.T) {
+	forEachStore(t, func(t *testing.T, b *backend) {
+		if err := b.store.Probe(context.Background(), "users"); err != nil {
+			t.Fatalf("Probe of a writable state: %v", err)
+		}
+	})
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "checkpoints"), []byte("not a directory"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := newLocalStore(dir)
+	err := st.Probe(context.Background(), "users")
+	if err == nil || !strings.Contains(err.Error(), "not writable") || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("Probe with checkpoints/ a file = %v, want a clear error naming %s", err, dir)
+	}
+}
