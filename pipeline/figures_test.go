@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -221,4 +222,40 @@ func TestFigureDiffMode(t *testing.T) {
 	fmt.Printf("FIGURE diff-mode: first snapshot 1,000,000 rows in %s (%.0f rows/s); second with 1%% changed in %s (%.0f rows/s, %d sent, %d unchanged); store %.1f MB\n",
 		first.Round(time.Millisecond), 1e6/first.Seconds(), second.Round(time.Millisecond), 1e6/second.Seconds(),
 		rep.Rows.Sent, rep.Rows.Unchanged, float64(st.Size())/1e6)
+}
+
+// TestFigureCheckpointSaves counts the checkpoint saves of a 1M-row sync to a loopback
+// webhook: the saver writes as soon as the previous save ended and something new was
+// acknowledged (group commit).
+// BACKFLOW_FIGURES=1 go test -run TestFigureCheckpointSaves -v ./pipeline/
+func TestFigureCheckpointSaves(t *testing.T) {
+	if os.Getenv("BACKFLOW_FIGURES") != "1" {
+		t.Skip("set BACKFLOW_FIGURES=1 to measure")
+	}
+	dir := t.TempDir()
+	if _, err := exampledata.Write(filepath.Join(dir, "data"), exampledata.Options{Files: 4, RowsPerFile: 250_000, RowGroupRows: 50_000, Seed: 5}); err != nil {
+		t.Fatal(err)
+	}
+	var posts atomic.Int64
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		posts.Add(1)
+	}))
+	defer hook.Close()
+	yaml := fmt.Sprintf("syncs:\n  - name: users\n    source: {url: data}\n    mapping: {type: identify, user_id: customer_id}\n    destinations:\n      - {type: webhook, url: %q, batch_size: 500, max_in_flight: 4}\n", hook.URL)
+	cfg, err := config.LoadBytes([]byte(yaml), "yaml", dir, func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := state.Open(context.Background(), cfg.State)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Run(context.Background(), Options{Config: cfg, Sync: &cfg.Syncs[0], Registry: all.Registry(), Store: store})
+	if err != nil || rep.Rows.Sent != 1_000_000 {
+		t.Fatalf("run: %v, %d sent", err, rep.Rows.Sent)
+	}
+	secs := float64(rep.DurationMS) / 1000
+	t.Logf("1M rows to a loopback webhook (batches of 500, 4 in flight): %.2f s, %d POSTs, %d checkpoint saves (%.0f a second, one per %.0f batches)",
+		secs, posts.Load(), rep.CheckpointSaves, float64(rep.CheckpointSaves)/secs, float64(posts.Load())/float64(rep.CheckpointSaves))
 }

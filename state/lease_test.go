@@ -9,6 +9,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/internal/testutil"
 )
 
 // One run of a sync at a time: a second Acquire names the holder; a released lease can
@@ -156,4 +159,37 @@ func TestProbe(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "not writable") || !strings.Contains(err.Error(), dir) {
 		t.Fatalf("Probe with checkpoints/ a file = %v, want a clear error naming %s", err, dir)
 	}
+}
+
+// BenchmarkLease measures what the lease adds to a run: one Acquire and one Release.
+// go test -run '^$' -bench Lease ./state/   (MinIO: BACKFLOW_MINIO=path/to/minio)
+func BenchmarkLease(b *testing.B) {
+	run := func(b *testing.B, st Store) {
+		ctx := context.Background()
+		for b.Loop() {
+			l, err := st.Acquire(ctx, "users", Holder{Host: "bench", PID: 1}, time.Minute)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := l.Release(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.Run("local", func(b *testing.B) {
+		st, err := newLocalStore(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		run(b, st)
+	})
+	b.Run("s3", func(b *testing.B) {
+		m := testutil.StartMinIO(b)
+		bucket := m.Bucket(b)
+		st, err := Open(context.Background(), config.StateConfig{URL: "s3://" + bucket + "/bench", S3: m.Options()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		run(b, st)
+	})
 }
