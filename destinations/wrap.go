@@ -40,7 +40,10 @@ var ErrClosed = errors.New("destination is closed")
 //   - rate limit: at most cfg.RateLimit attempts per second (0: unlimited);
 //   - timeout: each attempt gets its own deadline of cfg.Timeout.
 //
-// Close, and Check and Commit where d implements Checker or Committer, go straight to d.
+// Close, and Check, Commit, WriteDeferred and Flush where d implements Checker,
+// Committer or Deferred, go straight to d: a Deferred destination serializes its writes
+// into its own requests (the s3 destination's part uploads), each with its own timeout
+// and retries, so the layers above, made for one request a Write, do not apply.
 // A RequestManager is returned as is.
 func Wrap(d Destination, cfg config.Destination, logger *slog.Logger) Destination {
 	return wrap(d, cfg, logger, nil)
@@ -82,13 +85,22 @@ func wrap(d Destination, cfg config.Destination, logger *slog.Logger, stop <-cha
 	}
 	checker, isChecker := d.(Checker)
 	committer, isCommitter := d.(Committer)
+	deferred, isDeferred := d.(Deferred)
 	switch {
+	case isChecker && isCommitter && isDeferred:
+		return &checkCommitDeferDest{w, checker, committer, deferred}
 	case isChecker && isCommitter:
 		return &checkCommitDest{w, checker, committer}
+	case isChecker && isDeferred:
+		return &checkDeferDest{w, checker, deferred}
+	case isCommitter && isDeferred:
+		return &commitDeferDest{w, committer, deferred}
 	case isChecker:
 		return &checkDest{w, checker}
 	case isCommitter:
 		return &commitDest{w, committer}
+	case isDeferred:
+		return &deferDest{w, deferred}
 	}
 	return w
 }
@@ -114,7 +126,8 @@ func (w *wrapped) Close(ctx context.Context) error { return w.inner.Close(ctx) }
 func (w *wrapped) Unwrap() Destination { return w.inner }
 
 // The optional interfaces of the adapter stay visible through the wrapper (the pipeline
-// asks `d.(destinations.Committer)`), as http.ResponseWriter wrappers keep Flusher.
+// asks `d.(destinations.Committer)` and `d.(destinations.Deferred)`), as
+// http.ResponseWriter wrappers keep Flusher: one type for each combination.
 type (
 	checkDest struct {
 		*wrapped
@@ -128,6 +141,26 @@ type (
 		*wrapped
 		Checker
 		Committer
+	}
+	deferDest struct {
+		*wrapped
+		Deferred
+	}
+	checkDeferDest struct {
+		*wrapped
+		Checker
+		Deferred
+	}
+	commitDeferDest struct {
+		*wrapped
+		Committer
+		Deferred
+	}
+	checkCommitDeferDest struct {
+		*wrapped
+		Checker
+		Committer
+		Deferred
 	}
 )
 

@@ -464,3 +464,104 @@ func TestWrapKeepsOptionalInterfaces(t *testing.T) {
 		t.Error("a RequestManager was wrapped")
 	}
 }
+
+// Method sets to compose adapters with any combination of the optional interfaces.
+type (
+	checks  struct{}
+	commits struct{}
+	defers  struct{ calls *[]int } // the length of each WriteDeferred's batch
+)
+
+func (checks) Check(context.Context) error   { return errors.New("checked") }
+func (commits) Commit(context.Context) error { return errors.New("committed") }
+func (d defers) WriteDeferred(_ context.Context, msgs []mapper.Message, durable func()) error {
+	*d.calls = append(*d.calls, len(msgs))
+	durable()
+	return errors.New("deferred")
+}
+func (defers) Flush(context.Context) error { return errors.New("flushed") }
+
+// TestWrapKeepsEveryCombination: each optional interface the adapter implements, and
+// only those, is visible through the wrapper and reaches the adapter; WriteDeferred
+// bypasses the layers (no chunking to batch_size, no retry).
+func TestWrapKeepsEveryCombination(t *testing.T) {
+	var calls []int
+	s := &scripted{fn: func(context.Context, int, []mapper.Message) error { return nil }}
+	d := defers{&calls}
+	for _, tc := range []struct {
+		name                         string
+		adapter                      Destination
+		check, commit, writeDeferred bool
+	}{
+		{"plain", s, false, false, false},
+		{"check", &struct {
+			*scripted
+			checks
+		}{s, checks{}}, true, false, false},
+		{"commit", &struct {
+			*scripted
+			commits
+		}{s, commits{}}, false, true, false},
+		{"deferred", &struct {
+			*scripted
+			defers
+		}{s, d}, false, false, true},
+		{"check+commit", &struct {
+			*scripted
+			checks
+			commits
+		}{s, checks{}, commits{}}, true, true, false},
+		{"check+deferred", &struct {
+			*scripted
+			checks
+			defers
+		}{s, checks{}, d}, true, false, true},
+		{"commit+deferred", &struct {
+			*scripted
+			commits
+			defers
+		}{s, commits{}, d}, false, true, true},
+		{"check+commit+deferred", &struct {
+			*scripted
+			checks
+			commits
+			defers
+		}{s, checks{}, commits{}, d}, true, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := cfg(3, time.Millisecond)
+			c.BatchSize = 1
+			w := Wrap(tc.adapter, c, nil)
+			if u, ok := w.(interface{ Unwrap() Destination }); !ok || u.Unwrap() != tc.adapter {
+				t.Error("Unwrap does not return the adapter")
+			}
+			ch, ok := w.(Checker)
+			if ok != tc.check || ok && ch.Check(context.Background()).Error() != "checked" {
+				t.Errorf("Checker visible %t, want %t, or Check did not reach the adapter", ok, tc.check)
+			}
+			co, ok := w.(Committer)
+			if ok != tc.commit || ok && co.Commit(context.Background()).Error() != "committed" {
+				t.Errorf("Committer visible %t, want %t, or Commit did not reach the adapter", ok, tc.commit)
+			}
+			de, ok := w.(Deferred)
+			if ok != tc.writeDeferred {
+				t.Fatalf("Deferred visible %t, want %t", ok, tc.writeDeferred)
+			}
+			if !ok {
+				return
+			}
+			calls = calls[:0]
+			durable := 0
+			err := de.WriteDeferred(context.Background(), msgs(3), func() { durable++ })
+			if err == nil || err.Error() != "deferred" || durable != 1 {
+				t.Errorf("WriteDeferred = %v with %d durable calls, want the adapter's error and 1", err, durable)
+			}
+			if !slices.Equal(calls, []int{3}) {
+				t.Errorf("the adapter's WriteDeferred calls had %v messages, want one call of 3 (no chunking, no retry)", calls)
+			}
+			if err := de.Flush(context.Background()); err == nil || err.Error() != "flushed" {
+				t.Errorf("Flush = %v, want the adapter's", err)
+			}
+		})
+	}
+}

@@ -23,6 +23,12 @@ const wait = 20 * time.Second
 
 // RunSuite checks the behaviour every destination promises (destinations.Destination's
 // contract). Faults are only injected where the receiver's Capabilities allow.
+//
+// A destinations.Deferred destination is written with WriteDeferred, and its durable
+// calls are checked throughout: exactly once for each accepted write, never for a write
+// that failed, never after Close, only once the write's messages can be read back, and
+// for every accepted write once Flush returns nil. Delivering, for it, is Flush then
+// Close; Close alone aborts what is not durable.
 func RunSuite(t *testing.T, newDest NewDestination) {
 	t.Run("Deliver", func(t *testing.T) { testDeliver(t, newDest) })
 	t.Run("DuplicateIDs", func(t *testing.T) { testDuplicateIDs(t, newDest) })
@@ -32,31 +38,192 @@ func RunSuite(t *testing.T, newDest NewDestination) {
 	t.Run("CancelBefore", func(t *testing.T) { testCancelBefore(t, newDest) })
 	t.Run("CancelMidWrite", func(t *testing.T) { testCancelMidWrite(t, newDest) })
 	t.Run("CloseInFlight", func(t *testing.T) { testCloseInFlight(t, newDest) })
+	t.Run("Durable", func(t *testing.T) { testDurable(t, newDest) })
 }
 
-func open(t *testing.T, newDest NewDestination) (destinations.Destination, Receiver) {
+// subject is the destination under test, with the durable calls of a Deferred one.
+type subject struct {
+	destinations.Destination
+	deferred destinations.Deferred // nil: not a Deferred destination
+	tr       *tracker
+}
+
+func open(t *testing.T, newDest NewDestination) (*subject, Receiver) {
 	d, r := newDest(t)
+	s := &subject{Destination: d, tr: &tracker{}}
+	s.deferred, _ = d.(destinations.Deferred)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()
 		d.Close(ctx) // a second Close must be harmless too
+		s.tr.closed()
+		s.tr.check(t)
 	})
-	return d, r
+	return s, r
 }
 
-func write(t *testing.T, d destinations.Destination, msgs []mapper.Message) error {
+// writeCtx writes msgs with Write, or WriteDeferred for a Deferred destination.
+func (s *subject) writeCtx(ctx context.Context, msgs []mapper.Message) error {
+	if s.deferred == nil {
+		return s.Write(ctx, msgs)
+	}
+	w := s.tr.start(msgs)
+	err := s.deferred.WriteDeferred(ctx, msgs, w.durable)
+	s.tr.returned(w, err)
+	return err
+}
+
+func write(t *testing.T, s *subject, msgs []mapper.Message) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	return d.Write(ctx, msgs)
+	return s.writeCtx(ctx, msgs)
 }
 
-func closeDest(t *testing.T, d destinations.Destination) {
+// closeDest delivers what was accepted and closes: a Deferred destination is flushed
+// first, and every write it accepted must then be durable.
+func closeDest(t *testing.T, s *subject) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	if err := d.Close(ctx); err != nil {
+	if s.deferred != nil {
+		if err := s.deferred.Flush(ctx); err != nil {
+			t.Fatalf("Flush: %v", err)
+		}
+		s.tr.checkAllDurable(t)
+	}
+	err := s.Close(ctx)
+	s.tr.closed()
+	if err != nil {
 		t.Fatalf("Close: %v", err)
+	}
+}
+
+// tracker records the WriteDeferred calls of a test and their durable calls.
+type tracker struct {
+	mu       sync.Mutex
+	writes   []*tracked
+	isClosed bool
+	bad      []string // broken promises, reported by check
+}
+
+type tracked struct {
+	tr       *tracker
+	msgs     []mapper.Message
+	done     bool         // WriteDeferred returned
+	accepted bool         // … with nil or a *BatchError
+	refused  map[int]bool // indices a *BatchError refused
+	durables int
+}
+
+func (tr *tracker) start(msgs []mapper.Message) *tracked {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	w := &tracked{tr: tr, msgs: msgs, refused: map[int]bool{}}
+	tr.writes = append(tr.writes, w)
+	return w
+}
+
+// durable is the func given to WriteDeferred: it may run on any goroutine, before or
+// after WriteDeferred returns.
+func (w *tracked) durable() {
+	tr := w.tr
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	w.durables++
+	switch {
+	case w.durables > 1:
+		tr.bad = append(tr.bad, fmt.Sprintf("durable called %d times for a write of %d messages", w.durables, len(w.msgs)))
+	case tr.isClosed:
+		tr.bad = append(tr.bad, fmt.Sprintf("durable called after Close for a write of %d messages", len(w.msgs)))
+	case w.done && !w.accepted:
+		tr.bad = append(tr.bad, fmt.Sprintf("durable called for a write of %d messages that failed", len(w.msgs)))
+	}
+}
+
+func (tr *tracker) returned(w *tracked, err error) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	w.done = true
+	var be *destinations.BatchError
+	switch {
+	case err == nil:
+		w.accepted = true
+	case errors.As(err, &be):
+		w.accepted = true
+		for _, f := range be.Failed {
+			w.refused[f.Index] = true
+		}
+		if len(be.Failed) == len(w.msgs) && w.durables == 0 {
+			tr.bad = append(tr.bad, fmt.Sprintf("a write of %d messages all refused returned before its durable call", len(w.msgs)))
+		}
+	case w.durables > 0:
+		tr.bad = append(tr.bad, fmt.Sprintf("durable called for a write of %d messages that failed: %v", len(w.msgs), err))
+	}
+	if w.accepted && len(w.msgs) == 0 && w.durables == 0 {
+		tr.bad = append(tr.bad, "an empty write returned before its durable call")
+	}
+}
+
+func (tr *tracker) closed() {
+	tr.mu.Lock()
+	tr.isClosed = true
+	tr.mu.Unlock()
+}
+
+// check reports the broken promises seen so far.
+func (tr *tracker) check(t *testing.T) {
+	t.Helper()
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	for _, b := range tr.bad {
+		t.Error(b)
+	}
+	tr.bad = nil
+}
+
+// checkAllDurable: after a Flush returned nil, every accepted write is durable.
+func (tr *tracker) checkAllDurable(t *testing.T) {
+	t.Helper()
+	tr.check(t)
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	for _, w := range tr.writes {
+		if w.accepted && w.durables != 1 {
+			t.Errorf("an accepted write of %d messages had %d durable calls after Flush, want 1", len(w.msgs), w.durables)
+		}
+	}
+}
+
+// durableCount is how many writes had their durable call.
+func (tr *tracker) durableCount() int {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	n := 0
+	for _, w := range tr.writes {
+		if w.durables > 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// checkDurableReceived: every accepted message of a write reported durable can be read
+// back. Durability lasts, so checking after the call is as good as checking at it.
+func (tr *tracker) checkDurableReceived(t *testing.T, r Receiver) {
+	t.Helper()
+	got, _ := counts(r)
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	for _, w := range tr.writes {
+		if w.durables == 0 {
+			continue
+		}
+		for i, m := range w.msgs {
+			if !w.refused[i] && got[m.ID] == 0 {
+				t.Errorf("message %s reported durable but not received", m.ID)
+			}
+		}
 	}
 }
 
@@ -87,6 +254,7 @@ func testDeliver(t *testing.T, newDest NewDestination) {
 			t.Fatalf("Write %d: %v", w, err)
 		}
 	}
+	d.tr.checkDurableReceived(t, r)
 	closeDest(t, d)
 	got, last := counts(r)
 	if len(got) != len(all) {
@@ -133,6 +301,7 @@ func testDuplicateIDs(t *testing.T, newDest NewDestination) {
 	}
 }
 
+// testEmpty: an empty write is harmless (a Deferred destination calls durable at once).
 func testEmpty(t *testing.T, newDest NewDestination) {
 	d, r := open(t, newDest)
 	if err := write(t, d, nil); err != nil {
@@ -210,7 +379,7 @@ func testCancelBefore(t *testing.T, newDest NewDestination) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	start := time.Now()
-	err := d.Write(ctx, Messages("cancelled", 10))
+	err := d.writeCtx(ctx, Messages("cancelled", 10))
 	if err == nil || isBatchError(err) {
 		t.Fatalf("Write with a cancelled context = %v, want an error claiming nothing", err)
 	}
@@ -237,7 +406,7 @@ func testCancelMidWrite(t *testing.T, newDest NewDestination) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- d.Write(ctx, Messages("midcancel", 10)) }()
+	go func() { done <- d.writeCtx(ctx, Messages("midcancel", 10)) }()
 	select {
 	case <-arrived:
 	case <-time.After(wait):
@@ -271,7 +440,7 @@ func testCloseInFlight(t *testing.T, newDest NewDestination) {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), wait)
 			defer cancel()
-			results <- writeResult{msgs, d.Write(ctx, msgs)}
+			results <- writeResult{msgs, d.writeCtx(ctx, msgs)}
 		}()
 	}
 	if arrived != nil {
@@ -282,10 +451,14 @@ func testCloseInFlight(t *testing.T, newDest NewDestination) {
 		}
 	}
 	closed := make(chan error, 1)
+	durableAtClose := make(chan int, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()
-		closed <- d.Close(ctx)
+		err := d.Close(ctx)
+		d.tr.closed()
+		durableAtClose <- d.tr.durableCount()
+		closed <- err
 	}()
 	release()
 	var acked []writeResult
@@ -304,6 +477,15 @@ func testCloseInFlight(t *testing.T, newDest NewDestination) {
 		}
 	case <-time.After(wait + 5*time.Second):
 		t.Fatal("Close did not return")
+	}
+	if d.deferred != nil {
+		// Acknowledged means durable for a Deferred destination: what Close aborted
+		// never gets its durable call (checked by the tracker), what was durable arrived.
+		if n, final := <-durableAtClose, d.tr.durableCount(); n != final {
+			t.Errorf("%d writes durable when Close returned, %d later", n, final)
+		}
+		d.tr.checkDurableReceived(t, r)
+		return
 	}
 	got, _ := counts(r)
 	for _, res := range acked {
@@ -334,4 +516,58 @@ type writeResult struct {
 func isBatchError(err error) bool {
 	var be *destinations.BatchError
 	return errors.As(err, &be)
+}
+
+// testDurable (Deferred destinations): writes of many sizes, one at a time. After each,
+// what is reported durable can be read back; Flush makes every accepted write durable,
+// exactly once; Close without Flush aborts the rest, whose durable is never called; and
+// a write after Close fails without a durable call.
+func testDurable(t *testing.T, newDest NewDestination) {
+	d, r := open(t, newDest)
+	if d.deferred == nil {
+		t.Skip("not a Deferred destination")
+	}
+	all := Messages("durable", 400)
+	sizes := []int{1, 30, 69, 2, 140, 7, 70, 5, 1}
+	next := 0
+	for _, n := range sizes {
+		if err := write(t, d, all[next:next+n]); err != nil {
+			t.Fatalf("WriteDeferred of %d messages: %v", n, err)
+		}
+		next += n
+		d.tr.check(t)
+		d.tr.checkDurableReceived(t, r)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if err := d.deferred.Flush(ctx); err != nil {
+		t.Fatalf("Flush: %v", err)
+	}
+	d.tr.checkAllDurable(t)
+	if err := d.deferred.Flush(ctx); err != nil {
+		t.Fatalf("a second Flush: %v", err)
+	}
+	flushed := next
+	got, _ := counts(r)
+	for _, m := range all[:flushed] {
+		if got[m.ID] != 1 {
+			t.Errorf("message %s received %d times after Flush, want 1", m.ID, got[m.ID])
+		}
+	}
+
+	// Left unflushed: Close may abort them, and then their durable never comes.
+	for _, n := range []int{3, 11} {
+		if err := write(t, d, all[next:next+n]); err != nil {
+			t.Fatalf("WriteDeferred of %d messages: %v", n, err)
+		}
+		next += n
+	}
+	err := d.Close(ctx)
+	d.tr.closed()
+	t.Logf("Close without Flush: %v", err)
+	d.tr.checkDurableReceived(t, r)
+	if err := write(t, d, all[next:next+1]); err == nil || isBatchError(err) {
+		t.Errorf("WriteDeferred after Close = %v, want an error claiming nothing", err)
+	}
+	d.tr.check(t) // a durable call after Close is one of the broken promises
 }

@@ -168,6 +168,13 @@ type row struct {
 	set  []bool
 }
 
+// forget drops the references r holds into the last message filled: the destination
+// must not keep the caller's messages (and their JSON) alive after a write returns.
+func (r *row) forget() {
+	r.msg, r.ts = nil, nil
+	clear(r.vals)
+}
+
 // field returns the value of message-field column i (< numFieldColumns); "" is null.
 func (r *row) field(i int) string {
 	switch i {

@@ -108,6 +108,7 @@ func newCSVEncoder(s *stream, cols *columns, f *flattener, delim byte, quoteAll 
 }
 
 func (e *csvEncoder) write(msgs []mapper.Message, reject func(int, error)) (int, error) {
+	defer e.row.forget()
 	for i := range msgs {
 		if err := e.cols.fill(e.f, &msgs[i], &e.row); err != nil {
 			if isMisfit(err) {

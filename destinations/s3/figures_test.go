@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,14 +20,17 @@ import (
 )
 
 // TestFigures measures the throughput and the peak memory of writing 1M messages
-// (~200 bytes, 10 properties) to MinIO as gzip JSON lines and as Parquet:
+// (~200 bytes, 10 properties) to MinIO as gzip JSON lines and as Parquet, with
+// WriteDeferred as the pipeline writes, then Flush:
 //
 //	BACKFLOW_FIGURES=1 BACKFLOW_REQUIRE_INTEGRATION=1 go test -run TestFigures -v ./destinations/s3/
 //
-// Messages are generated batch by batch into reused buffers, so the peak RSS growth
-// is the destination's (part buffers, gzip or Parquet row group), not the input's.
-// BACKFLOW_FIGURES_MESSAGES=N writes N messages instead (one object): the peak should
-// not depend on N.
+// Each batch is freshly allocated and dropped by the caller once WriteDeferred returns,
+// as the pipeline drops a batch it no longer has to resend: a destination that kept
+// messages (or their JSON) alive would make the peak grow with the run. The peak RSS
+// growth is the destination's (part buffers, gzip or a Parquet row group) plus a batch
+// or two of garbage. BACKFLOW_FIGURES_MESSAGES=N writes N messages instead (one object,
+// which keeps the durable funcs of all its writes): the peak must not depend on N.
 func TestFigures(t *testing.T) {
 	if os.Getenv("BACKFLOW_FIGURES") != "1" {
 		t.Skip("set BACKFLOW_FIGURES=1 to measure")
@@ -51,20 +55,25 @@ func TestFigures(t *testing.T) {
 			resetPeakRSS(t)
 			before := procStatus(t, "VmRSS")
 			start := time.Now()
-			var in int64
+			var in, durable int64
 			for sent := 0; sent < total; sent += batch {
 				msgs := gen.next(sent)
 				for i := range msgs {
 					in += int64(len(msgs[i].JSON))
 				}
-				if err := d.Write(context.Background(), msgs); err != nil {
+				// Only the count is kept, as the pipeline keeps only what to acknowledge.
+				err := d.WriteDeferred(context.Background(), msgs, func() { atomic.AddInt64(&durable, 1) })
+				if err != nil {
 					t.Fatal(err)
 				}
 			}
-			if err := d.Commit(context.Background()); err != nil {
+			if err := d.Flush(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 			elapsed := time.Since(start)
+			if n := atomic.LoadInt64(&durable); n != int64(total/batch) {
+				t.Fatalf("%d writes durable after Flush, want %d", n, total/batch)
+			}
 			peak := procStatus(t, "VmHWM")
 			if err := d.Close(context.Background()); err != nil {
 				t.Fatal(err)
@@ -83,38 +92,33 @@ func TestFigures(t *testing.T) {
 }
 
 // figureGen makes batches of track messages of about 200 bytes with 10 properties,
-// reusing its buffers.
-type figureGen struct {
-	msgs []mapper.Message
-	buf  []byte
-}
+// each batch in memory of its own, which the caller drops.
+type figureGen struct{ n int }
 
-func newFigureGen(n int) *figureGen {
-	return &figureGen{msgs: make([]mapper.Message, n), buf: make([]byte, 0, n*256)}
-}
+func newFigureGen(n int) *figureGen { return &figureGen{n: n} }
 
 var plans = []string{"free", "pro", "team", "enterprise"}
 
 func (g *figureGen) next(first int) []mapper.Message {
-	g.buf = g.buf[:0]
-	for i := range g.msgs {
+	msgs, buf := make([]mapper.Message, g.n), make([]byte, 0, g.n*256)
+	for i := range msgs {
 		n := first + i
-		start := len(g.buf)
-		g.buf = append(g.buf, `{"type":"track","userId":"u`...)
-		g.buf = strconv.AppendInt(g.buf, int64(n), 10)
-		g.buf = append(g.buf, `","event":"Order","properties":`...)
-		bs := len(g.buf) - start
-		g.buf = fmt.Appendf(g.buf, `{"email":"u%d@x.io","plan":"%s","amount":%d.%02d,"active":%t,"city":"Oslo","items":%d,"score":%g,"coupon":null,"src":"dw","n":%d}`,
+		start := len(buf)
+		buf = append(buf, `{"type":"track","userId":"u`...)
+		buf = strconv.AppendInt(buf, int64(n), 10)
+		buf = append(buf, `","event":"Order","properties":`...)
+		bs := len(buf) - start
+		buf = fmt.Appendf(buf, `{"email":"u%d@x.io","plan":"%s","amount":%d.%02d,"active":%t,"city":"Oslo","items":%d,"score":%g,"coupon":null,"src":"dw","n":%d}`,
 			n, plans[n%4], n%500, n%100, n%3 == 0, n%7, float64(n%1000)/1000, n)
-		be := len(g.buf) - start
-		g.buf = append(g.buf, `,"messageId":"`...)
-		g.buf = strconv.AppendInt(g.buf, int64(n), 36)
-		g.buf = append(g.buf, `"}`...)
-		g.msgs[i] = mapper.Message{Row: int64(n), Type: "track", Event: "Order",
+		be := len(buf) - start
+		buf = append(buf, `,"messageId":"`...)
+		buf = strconv.AppendInt(buf, int64(n), 36)
+		buf = append(buf, `"}`...)
+		msgs[i] = mapper.Message{Row: int64(n), Type: "track", Event: "Order",
 			UserID: "u" + strconv.Itoa(n), ID: strconv.FormatInt(int64(n), 36),
-			JSON: g.buf[start:len(g.buf):len(g.buf)], BodyStart: bs, BodyEnd: be}
+			JSON: buf[start:len(buf):len(buf)], BodyStart: bs, BodyEnd: be}
 	}
-	return g.msgs
+	return msgs
 }
 
 // resetPeakRSS resets VmHWM to the current RSS (Linux: clear_refs 5).

@@ -86,6 +86,7 @@ func arrowType(t colType) arrow.DataType {
 }
 
 func (e *parquetEncoder) write(msgs []mapper.Message, reject func(int, error)) (int, error) {
+	defer e.row.forget()
 	for i := range msgs {
 		if err := e.cols.fill(e.f, &msgs[i], &e.row); err != nil {
 			if isMisfit(err) {

@@ -4,9 +4,15 @@
 // Objects are streamed: the encoded (and compressed) bytes are cut into parts uploaded
 // while the next part fills, so memory does not grow with the size of an object. An
 // object is completed (made visible, atomically) when it reaches max_object_rows, when
-// its columns must widen, and on Commit; until then nothing of it can be read, and an
-// abort removes every trace of it. Write only accepts messages: they are acknowledged
-// when a later Commit returns nil (destinations.Committer).
+// its columns must widen, and on Flush; until then nothing of it can be read, and an
+// abort removes every trace of it.
+//
+// A message is durable once its object is completed (destinations.Deferred): each object
+// keeps the durable funcs of the writes whose last accepted message it holds, and calls
+// them when its upload is completed, so acknowledgements follow the objects through the
+// run and a failure or a kill leaves at most the open object's messages to send again.
+// Messages are encoded as they arrive and never kept: memory is one open object's
+// buffers (part buffers, and a Parquet row group), whatever the size of the run.
 package s3
 
 import (
@@ -34,6 +40,7 @@ import (
 // Interface guards.
 var (
 	_ destinations.Destination = (*Destination)(nil)
+	_ destinations.Deferred    = (*Destination)(nil)
 	_ destinations.Committer   = (*Destination)(nil)
 	_ destinations.Checker     = (*Destination)(nil)
 )
@@ -78,7 +85,8 @@ type Destination struct {
 	log         *slog.Logger
 	base        context.Context // outlives calls: part uploads and clean-up run under it
 
-	// mu serializes Write, Commit and Close (max_in_flight may be > 1).
+	// mu serializes Write, WriteDeferred, Flush and Close (max_in_flight may be > 1).
+	// The durable funcs are called with it held, in the order the objects complete.
 	mu     sync.Mutex
 	pool   *partPool
 	flat   flattener
@@ -86,7 +94,8 @@ type Destination struct {
 	cols   *columns // CSV/Parquet: the columns of the last object, inherited by the next
 	part   int      // the next object's {part}
 	closed bool
-	// pending counts the messages accepted since the last successful Commit.
+	// pending counts the messages accepted by Write since the last successful Flush:
+	// Write's callers learn that they are durable only from Flush.
 	pending int64
 	// lost counts accepted messages whose object was aborted: they can never be
 	// committed, so every later Write, Commit and Close fails with lostErr.
@@ -102,6 +111,12 @@ type object struct {
 	cols     *columns
 	rows     int64 // rows encoded
 	accepted int64 // rows of Writes that returned nil
+	// durable holds the durable funcs of the WriteDeferred calls whose last accepted
+	// message is in this object; they are called once it is completed, never when it is
+	// aborted. waiting counts the messages those calls accepted (some may be in
+	// completed objects: they are acknowledged with the rest of their call).
+	durable []func()
+	waiting int64
 }
 
 // discard aborts the upload of o, then releases its encoder. In that order: what the
@@ -277,26 +292,66 @@ func (d *Destination) key(part int) (string, error) {
 }
 
 // Write encodes msgs into the open object, starting (and completing) objects as
-// max_object_rows and the columns require. nil means the messages are accepted: they
-// are acknowledged when a later Commit returns nil. A *destinations.BatchError lists the
-// messages whose traits/properties could not be read (CSV, Parquet); the others are
-// accepted. On any other error none of msgs is accepted; when the failure cost the open
-// object, the messages accepted into it earlier are lost and every later call fails (the
-// run must end; the next run sends them again).
+// max_object_rows and the columns require. nil means the messages are accepted; Write's
+// caller learns that they are durable when a later Flush (or Commit) returns nil. A
+// *destinations.BatchError lists the messages whose traits/properties could not be read
+// (CSV, Parquet); the others are accepted. On any other error none of msgs is accepted;
+// when the failure cost the open object, the messages accepted into it earlier are lost
+// and every later call fails (the run must end; the next run sends them again).
 func (d *Destination) Write(ctx context.Context, msgs []mapper.Message) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	res, err := d.write(ctx, msgs)
+	if err == nil || isBatchError(err) {
+		d.pending += res.written
+	}
+	return err
+}
+
+// WriteDeferred is Write for destinations.Deferred: durable is called once every
+// accepted message of msgs is in a completed object — before WriteDeferred returns when
+// the call itself completed the last object it wrote to, or at once when it accepted
+// nothing. durable is called with the destination's lock held: it must not call the
+// destination, and should only record the acknowledgement.
+func (d *Destination) WriteDeferred(ctx context.Context, msgs []mapper.Message, durable func()) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	res, err := d.write(ctx, msgs)
+	if err != nil && !isBatchError(err) {
+		return err
+	}
+	if o := res.last; o != nil && o == d.obj {
+		// Objects complete in order: once this one is, so are the earlier ones that
+		// hold the rest of msgs.
+		o.durable = append(o.durable, durable)
+		o.waiting += res.written
+		return err
+	}
+	// Nothing accepted, or the object of the last accepted message was completed
+	// within this call.
+	durable()
+	return err
+}
+
+// writeResult says where the messages of one write went.
+type writeResult struct {
+	written int64   // messages accepted
+	last    *object // the object holding the last accepted message; nil: none
+}
+
+// write is Write without the lock and the bookkeeping of what is acknowledged how.
+func (d *Destination) write(ctx context.Context, msgs []mapper.Message) (writeResult, error) {
+	var res writeResult
 	if d.closed {
-		return destinations.ErrClosed
+		return res, destinations.ErrClosed
 	}
 	if d.lostErr != nil {
-		return d.lostErr
+		return res, d.lostErr
 	}
 	if err := context.Cause(ctx); err != nil {
-		return err // nothing started: the open object stays intact
+		return res, err // nothing started: the open object stays intact
 	}
 	var (
-		written  int64
 		failed   []destinations.Failure
 		offset   int // index in the caller's msgs of msgs[0]
 		rejected int // rejected messages in the current encode call
@@ -308,7 +363,7 @@ func (d *Destination) Write(ctx context.Context, msgs []mapper.Message) error {
 	for len(msgs) > 0 {
 		if d.obj == nil {
 			if err := d.open(msgs); err != nil {
-				return err
+				return res, err
 			}
 		}
 		o := d.obj
@@ -318,14 +373,17 @@ func (d *Destination) Write(ctx context.Context, msgs []mapper.Message) error {
 		}
 		rejected = 0
 		k, err := d.encode(ctx, o, msgs[:n], reject)
-		o.rows += int64(k - rejected)
-		written += int64(k - rejected)
+		if k > rejected {
+			res.written += int64(k - rejected)
+			o.rows += int64(k - rejected)
+			res.last = o
+		}
 		if err != nil {
-			return d.abortOnError(o, fmt.Errorf("writing s3://%s/%s: %w", d.bucket, o.key, err))
+			return res, d.abortOnError(o, fmt.Errorf("writing s3://%s/%s: %w", d.bucket, o.key, err))
 		}
 		if k == 0 && o.rows == 0 {
 			// Cannot happen: an object's columns are derived from its first messages.
-			return d.abortOnError(o, fmt.Errorf("writing s3://%s/%s: message %d fits no columns", d.bucket, o.key, offset))
+			return res, d.abortOnError(o, fmt.Errorf("writing s3://%s/%s: message %d fits no columns", d.bucket, o.key, offset))
 		}
 		msgs = msgs[k:]
 		offset += k
@@ -334,18 +392,22 @@ func (d *Destination) Write(ctx context.Context, msgs []mapper.Message) error {
 			// Full, or msgs[0] has a key or a type the object's columns cannot take:
 			// complete it; the next object widens the columns with the rest of msgs.
 			if err := d.completeObject(ctx, o); err != nil {
-				return err
+				return res, err
 			}
 		}
 	}
 	if d.obj != nil {
 		d.obj.accepted = d.obj.rows
 	}
-	d.pending += written
 	if len(failed) > 0 {
-		return &destinations.BatchError{Failed: failed}
+		return res, &destinations.BatchError{Failed: failed}
 	}
-	return nil
+	return res, nil
+}
+
+func isBatchError(err error) bool {
+	var be *destinations.BatchError
+	return errors.As(err, &be)
 }
 
 // encode runs enc.write under ctx: when ctx ends first, the upload's requests are
@@ -421,6 +483,10 @@ func (d *Destination) completeObject(ctx context.Context, o *object) error {
 		return d.abortOnError(o, fmt.Errorf("completing s3://%s/%s: %w", d.bucket, o.key, err))
 	}
 	d.log.Debug("s3 object completed", "key", o.key, "rows", o.rows, "bytes", o.up.size)
+	for _, durable := range o.durable {
+		durable()
+	}
+	o.durable, o.waiting = nil, 0
 	return nil
 }
 
@@ -430,6 +496,7 @@ func (d *Destination) abortOnError(o *object, err error) error {
 		err = errors.Join(err, aerr)
 	}
 	d.obj = nil
+	o.durable = nil // never called: their messages are not all durable
 	if o.accepted > 0 {
 		d.lost += o.accepted
 		d.lostErr = fmt.Errorf("destination %s: %d accepted messages were lost with the aborted upload of s3://%s/%s (they were not acknowledged; the next run sends them again): %v",
@@ -439,10 +506,10 @@ func (d *Destination) abortOnError(o *object, err error) error {
 	return err
 }
 
-// Commit completes the open object. It returns nil only when every message accepted
-// since the last Commit is in a completed object; the pipeline then acknowledges them.
+// Flush completes the open object. It returns nil only when every accepted message is
+// in a completed object, after the durable funcs of every WriteDeferred were called.
 // An object with no message is not written.
-func (d *Destination) Commit(ctx context.Context) error {
+func (d *Destination) Flush(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -460,9 +527,14 @@ func (d *Destination) Commit(ctx context.Context) error {
 	return nil
 }
 
-// Close releases the destination. Messages accepted since the last Commit are not
-// acknowledged: the open upload is aborted (nothing of it becomes visible) and Close
-// says how many messages were not committed.
+// Commit is Flush, for the callers of destinations.Committer: nil means every message
+// Write accepted is durable.
+func (d *Destination) Commit(ctx context.Context) error { return d.Flush(ctx) }
+
+// Close releases the destination. The open upload is aborted (nothing of it becomes
+// visible, and the durable funcs waiting for it are never called); Close says how many
+// accepted messages are not durable: those of Write since the last Flush, and those of
+// WriteDeferred in the open object.
 func (d *Destination) Close(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -472,20 +544,23 @@ func (d *Destination) Close(ctx context.Context) error {
 	d.closed = true
 	var errs []error
 	aborted := ""
+	unacked := d.pending
 	if o := d.obj; o != nil {
 		if err := o.discard(); err != nil {
 			errs = append(errs, err)
 		}
 		d.obj = nil
+		unacked += o.waiting
 		if o.rows > 0 {
 			aborted = fmt.Sprintf("; the open upload of s3://%s/%s (%d of them) was aborted, nothing of it is visible", d.bucket, o.key, o.accepted)
 		}
+		o.durable = nil
 	}
 	if d.lostErr != nil {
 		errs = append([]error{d.lostErr}, errs...)
-	} else if d.pending > 0 {
-		errs = append([]error{fmt.Errorf("destination %s: closed without a commit: %d accepted messages are not acknowledged (the next run sends them again)%s",
-			d.name, d.pending, aborted)}, errs...)
+	} else if unacked > 0 {
+		errs = append([]error{fmt.Errorf("destination %s: closed without a flush: %d accepted messages are not acknowledged (the next run sends them again)%s",
+			d.name, unacked, aborted)}, errs...)
 	}
 	d.pending = 0
 	return errors.Join(errs...)

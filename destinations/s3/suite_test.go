@@ -5,19 +5,16 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
 	"github.com/backflowhq/backflow/destinations/destinationstest"
-	"github.com/backflowhq/backflow/mapper"
 )
 
-// TestSuite runs the behavioural suite every destination passes. The suite expects
-// Close to deliver what Write accepted; for a Committer that is what the pipeline does at
-// the end of a run: Commit, then Close (commitOnClose).
+// TestSuite runs the behavioural suite every destination passes; the s3 destination is
+// a destinations.Deferred, so the suite writes with WriteDeferred and flushes.
 func TestSuite(t *testing.T) {
 	destinationstest.RunSuite(t, func(t *testing.T) (destinations.Destination, destinationstest.Receiver) {
 		e := newEnv(t)
@@ -29,30 +26,8 @@ func TestSuite(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return &commitOnClose{Destination: destinations.Wrap(d, cfg, nil)}, bucketReceiver{e: e, t: t}
+		return destinations.Wrap(d, cfg, nil), bucketReceiver{e: e, t: t}
 	})
-}
-
-// commitOnClose commits before closing, with no Write in between.
-type commitOnClose struct {
-	destinations.Destination
-	mu sync.RWMutex
-}
-
-func (c *commitOnClose) Write(ctx context.Context, msgs []mapper.Message) error {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.Destination.Write(ctx, msgs)
-}
-
-func (c *commitOnClose) Close(ctx context.Context) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	err := c.Destination.(destinations.Committer).Commit(ctx)
-	if cerr := c.Destination.Close(ctx); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // bucketReceiver reads back every JSON-lines object of the test bucket.
