@@ -31,14 +31,6 @@ type Env struct {
 // beyond what is needed to construct clients.
 type Factory func(ctx context.Context, cfg config.Destination, env Env) (Destination, error)
 
-// Committer is implemented by destinations whose writes become durable only in groups
-// (the s3 destination completes an object). For them Write returning nil means the
-// messages were accepted, and they are acknowledged only when a later Commit returns nil.
-// The pipeline calls Commit at the end of a run and before a graceful stop.
-type Committer interface {
-	Commit(ctx context.Context) error
-}
-
 // Deferred is implemented by destinations whose accepted writes become durable later
 // than Write returns: the s3 destination's messages are durable once the object holding
 // them is completed. The pipeline calls WriteDeferred instead of Write for them, and

@@ -40,8 +40,8 @@ var ErrClosed = errors.New("destination is closed")
 //   - rate limit: at most cfg.RateLimit attempts per second (0: unlimited);
 //   - timeout: each attempt gets its own deadline of cfg.Timeout.
 //
-// Close, and Check, Commit, WriteDeferred and Flush where d implements Checker,
-// Committer or Deferred, go straight to d: a Deferred destination serializes its writes
+// Close, and Check, WriteDeferred and Flush where d implements Checker or Deferred, go
+// straight to d: a Deferred destination serializes its writes
 // into its own requests (the s3 destination's part uploads), each with its own timeout
 // and retries, so the layers above, made for one request a Write, do not apply.
 // A RequestManager is returned as is.
@@ -77,28 +77,13 @@ func wrap(d Destination, cfg config.Destination, logger *slog.Logger, stop <-cha
 		chain = &chunkLayer{next: chain, size: cfg.BatchSize}
 	}
 	w := &wrapped{chain: chain, inner: d}
-	if def, ok := d.(Deferred); ok {
-		// Its writes go straight to the adapter: an accepted write is not a request
-		// that can be retried or split (the s3 adapter retries its own requests).
-		checker, _ := d.(Checker)
-		return &deferredDest{wrapped: w, Deferred: def, checker: checker}
-	}
 	checker, isChecker := d.(Checker)
-	committer, isCommitter := d.(Committer)
 	deferred, isDeferred := d.(Deferred)
 	switch {
-	case isChecker && isCommitter && isDeferred:
-		return &checkCommitDeferDest{w, checker, committer, deferred}
-	case isChecker && isCommitter:
-		return &checkCommitDest{w, checker, committer}
 	case isChecker && isDeferred:
 		return &checkDeferDest{w, checker, deferred}
-	case isCommitter && isDeferred:
-		return &commitDeferDest{w, committer, deferred}
 	case isChecker:
 		return &checkDest{w, checker}
-	case isCommitter:
-		return &commitDest{w, committer}
 	case isDeferred:
 		return &deferDest{w, deferred}
 	}
@@ -126,21 +111,12 @@ func (w *wrapped) Close(ctx context.Context) error { return w.inner.Close(ctx) }
 func (w *wrapped) Unwrap() Destination { return w.inner }
 
 // The optional interfaces of the adapter stay visible through the wrapper (the pipeline
-// asks `d.(destinations.Committer)` and `d.(destinations.Deferred)`), as
+// asks `d.(destinations.Deferred)`, check `d.(destinations.Checker)`), as
 // http.ResponseWriter wrappers keep Flusher: one type for each combination.
 type (
 	checkDest struct {
 		*wrapped
 		Checker
-	}
-	commitDest struct {
-		*wrapped
-		Committer
-	}
-	checkCommitDest struct {
-		*wrapped
-		Checker
-		Committer
 	}
 	deferDest struct {
 		*wrapped
@@ -151,33 +127,7 @@ type (
 		Checker
 		Deferred
 	}
-	commitDeferDest struct {
-		*wrapped
-		Committer
-		Deferred
-	}
-	checkCommitDeferDest struct {
-		*wrapped
-		Checker
-		Committer
-		Deferred
-	}
 )
-
-// deferredDest is a wrapped Deferred destination.
-type deferredDest struct {
-	*wrapped
-	Deferred
-	checker Checker
-}
-
-// Check checks the adapter when it can be checked.
-func (d *deferredDest) Check(ctx context.Context) error {
-	if d.checker == nil {
-		return nil
-	}
-	return d.checker.Check(ctx)
-}
 
 // timeoutLayer gives each attempt its own deadline.
 type timeoutLayer struct {

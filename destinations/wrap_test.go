@@ -426,10 +426,6 @@ type checkerDest struct{ scripted }
 
 func (*checkerDest) Check(context.Context) error { return errors.New("checked") }
 
-type committerDest struct{ checkerDest }
-
-func (*committerDest) Commit(context.Context) error { return errors.New("committed") }
-
 type managing struct{ scripted }
 
 func (*managing) ManagesRequests() {}
@@ -439,22 +435,15 @@ func TestWrapKeepsOptionalInterfaces(t *testing.T) {
 	if _, ok := w.(Checker); ok {
 		t.Error("a plain adapter became a Checker")
 	}
-	if _, ok := w.(Committer); ok {
-		t.Error("a plain adapter became a Committer")
+	if _, ok := w.(Deferred); ok {
+		t.Error("a plain adapter became Deferred")
 	}
 	w = Wrap(&checkerDest{}, cfg(1, time.Millisecond), nil)
 	if c, ok := w.(Checker); !ok || c.Check(context.Background()).Error() != "checked" {
 		t.Error("Check did not reach the adapter")
 	}
-	if _, ok := w.(Committer); ok {
-		t.Error("a Checker became a Committer")
-	}
-	w = Wrap(&committerDest{}, cfg(1, time.Millisecond), nil)
-	if c, ok := w.(Committer); !ok || c.Commit(context.Background()).Error() != "committed" {
-		t.Error("Commit did not reach the adapter")
-	}
-	if _, ok := w.(Checker); !ok {
-		t.Error("Check lost")
+	if _, ok := w.(Deferred); ok {
+		t.Error("a Checker became Deferred")
 	}
 	if u, ok := w.(interface{ Unwrap() Destination }); !ok || u.Unwrap() == nil {
 		t.Error("no Unwrap")
@@ -467,13 +456,11 @@ func TestWrapKeepsOptionalInterfaces(t *testing.T) {
 
 // Method sets to compose adapters with any combination of the optional interfaces.
 type (
-	checks  struct{}
-	commits struct{}
-	defers  struct{ calls *[]int } // the length of each WriteDeferred's batch
+	checks struct{}
+	defers struct{ calls *[]int } // the length of each WriteDeferred's batch
 )
 
-func (checks) Check(context.Context) error   { return errors.New("checked") }
-func (commits) Commit(context.Context) error { return errors.New("committed") }
+func (checks) Check(context.Context) error { return errors.New("checked") }
 func (d defers) WriteDeferred(_ context.Context, msgs []mapper.Message, durable func()) error {
 	*d.calls = append(*d.calls, len(msgs))
 	durable()
@@ -489,44 +476,24 @@ func TestWrapKeepsEveryCombination(t *testing.T) {
 	s := &scripted{fn: func(context.Context, int, []mapper.Message) error { return nil }}
 	d := defers{&calls}
 	for _, tc := range []struct {
-		name                         string
-		adapter                      Destination
-		check, commit, writeDeferred bool
+		name                 string
+		adapter              Destination
+		check, writeDeferred bool
 	}{
-		{"plain", s, false, false, false},
+		{"plain", s, false, false},
 		{"check", &struct {
 			*scripted
 			checks
-		}{s, checks{}}, true, false, false},
-		{"commit", &struct {
-			*scripted
-			commits
-		}{s, commits{}}, false, true, false},
+		}{s, checks{}}, true, false},
 		{"deferred", &struct {
 			*scripted
 			defers
-		}{s, d}, false, false, true},
-		{"check+commit", &struct {
-			*scripted
-			checks
-			commits
-		}{s, checks{}, commits{}}, true, true, false},
+		}{s, d}, false, true},
 		{"check+deferred", &struct {
 			*scripted
 			checks
 			defers
-		}{s, checks{}, d}, true, false, true},
-		{"commit+deferred", &struct {
-			*scripted
-			commits
-			defers
-		}{s, commits{}, d}, false, true, true},
-		{"check+commit+deferred", &struct {
-			*scripted
-			checks
-			commits
-			defers
-		}{s, checks{}, commits{}, d}, true, true, true},
+		}{s, checks{}, d}, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := cfg(3, time.Millisecond)
@@ -538,10 +505,6 @@ func TestWrapKeepsEveryCombination(t *testing.T) {
 			ch, ok := w.(Checker)
 			if ok != tc.check || ok && ch.Check(context.Background()).Error() != "checked" {
 				t.Errorf("Checker visible %t, want %t, or Check did not reach the adapter", ok, tc.check)
-			}
-			co, ok := w.(Committer)
-			if ok != tc.commit || ok && co.Commit(context.Background()).Error() != "committed" {
-				t.Errorf("Committer visible %t, want %t, or Commit did not reach the adapter", ok, tc.commit)
 			}
 			de, ok := w.(Deferred)
 			if ok != tc.writeDeferred {

@@ -156,7 +156,7 @@ func TestParquet(t *testing.T) {
 	d := e.newDest(t, e.cfg("parquet"), options{})
 	msgs := testMessages("p", 300)
 	write(t, d, batches(msgs, 128)...)
-	if err := d.Commit(context.Background()); err != nil {
+	if err := d.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := e.keys(t), []string{wantKey(0, "parquet")}; !equal(got, want) {
@@ -198,7 +198,7 @@ func TestParquetTypeWidening(t *testing.T) {
 		newMsg("identify", "m4", "u4", `{"x":7}`, ""),
 	}
 	write(t, d, a, b)
-	if err := d.Commit(context.Background()); err != nil {
+	if err := d.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	keys := e.keys(t)
@@ -232,7 +232,7 @@ func TestParquetRowGroups(t *testing.T) {
 	d := e.newDest(t, e.cfg("parquet"), options{rowGroupRows: 1000})
 	msgs := largeMessages("rg", 2500, 10)
 	write(t, d, batches(msgs, 300)...)
-	if err := d.Commit(context.Background()); err != nil {
+	if err := d.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	data := e.mio.Get(t, e.bucket, wantKey(0, "parquet"))

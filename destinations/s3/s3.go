@@ -41,7 +41,6 @@ import (
 var (
 	_ destinations.Destination = (*Destination)(nil)
 	_ destinations.Deferred    = (*Destination)(nil)
-	_ destinations.Committer   = (*Destination)(nil)
 	_ destinations.Checker     = (*Destination)(nil)
 )
 
@@ -98,7 +97,7 @@ type Destination struct {
 	// Write's callers learn that they are durable only from Flush.
 	pending int64
 	// lost counts accepted messages whose object was aborted: they can never be
-	// committed, so every later Write, Commit and Close fails with lostErr.
+	// committed, so every later Write, Flush and Close fails with lostErr.
 	lost    int64
 	lostErr error
 }
@@ -293,7 +292,7 @@ func (d *Destination) key(part int) (string, error) {
 
 // Write encodes msgs into the open object, starting (and completing) objects as
 // max_object_rows and the columns require. nil means the messages are accepted; Write's
-// caller learns that they are durable when a later Flush (or Commit) returns nil. A
+// caller learns that they are durable when a later Flush returns nil. A
 // *destinations.BatchError lists the messages whose traits/properties could not be read
 // (CSV, Parquet); the others are accepted. On any other error none of msgs is accepted;
 // when the failure cost the open object, the messages accepted into it earlier are lost
@@ -526,10 +525,6 @@ func (d *Destination) Flush(ctx context.Context) error {
 	d.pending = 0
 	return nil
 }
-
-// Commit is Flush, for the callers of destinations.Committer: nil means every message
-// Write accepted is durable.
-func (d *Destination) Commit(ctx context.Context) error { return d.Flush(ctx) }
 
 // Close releases the destination. The open upload is aborted (nothing of it becomes
 // visible, and the durable funcs waiting for it are never called); Close says how many

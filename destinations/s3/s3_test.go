@@ -38,10 +38,10 @@ func TestJSONL(t *testing.T) {
 			msgs := testMessages("j", 250)
 			write(t, d, batches(msgs, 100)...)
 			if k := e.keys(t); len(k) != 0 {
-				t.Fatalf("objects visible before Commit: %v", k)
+				t.Fatalf("objects visible before Flush: %v", k)
 			}
-			if err := d.Commit(context.Background()); err != nil {
-				t.Fatalf("Commit: %v", err)
+			if err := d.Flush(context.Background()); err != nil {
+				t.Fatalf("Flush: %v", err)
 			}
 			if got, want := e.keys(t), []string{wantKey(0, ext)}; !equal(got, want) {
 				t.Fatalf("keys = %v, want %v", got, want)
@@ -60,7 +60,7 @@ func TestJSONL(t *testing.T) {
 				}
 			}
 			if err := d.Close(context.Background()); err != nil {
-				t.Fatalf("Close after Commit: %v", err)
+				t.Fatalf("Close after Flush: %v", err)
 			}
 			e.assertClean2(t, 1)
 		})
@@ -145,8 +145,8 @@ func TestCSV(t *testing.T) {
 			d := e.newDest(t, cfg, options{})
 			msgs := testMessages("c", 90)
 			write(t, d, batches(msgs, 40)...)
-			if err := d.Commit(context.Background()); err != nil {
-				t.Fatalf("Commit: %v", err)
+			if err := d.Flush(context.Background()); err != nil {
+				t.Fatalf("Flush: %v", err)
 			}
 			data := e.mio.Get(t, e.bucket, wantKey(0, ext))
 			if tt.gzip {
@@ -176,7 +176,7 @@ func TestCSVNullAndEmpty(t *testing.T) {
 	cfg.CSV.QuoteAll = true
 	d := e.newDest(t, cfg, options{})
 	write(t, d, []mapper.Message{newMsg("identify", "m1", "u1", `{"a":"","b":null}`, "")})
-	if err := d.Commit(context.Background()); err != nil {
+	if err := d.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	got := string(e.mio.Get(t, e.bucket, wantKey(0, "csv")))
@@ -196,7 +196,7 @@ func TestColumnsWiden(t *testing.T) {
 	second := []mapper.Message{newMsg("identify", "m3", "u3", `{"a":3}`, ""), newMsg("identify", "m4", "u4", `{"b":"x","a":4}`, ""),
 		newMsg("identify", "m5", "u5", `{"c":true}`, "")}
 	write(t, d, first, second)
-	if err := d.Commit(context.Background()); err != nil {
+	if err := d.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := e.keys(t), []string{wantKey(0, "csv"), wantKey(1, "csv")}; !equal(got, want) {
@@ -226,9 +226,9 @@ func TestMaxObjectRows(t *testing.T) {
 			write(t, d, batches(msgs, 7)...)
 			// Two objects are complete (and visible) already; the third waits for Commit.
 			if got := len(e.keys(t)); got != 2 {
-				t.Fatalf("%d objects before Commit, want 2", got)
+				t.Fatalf("%d objects before Flush, want 2", got)
 			}
-			if err := d.Commit(context.Background()); err != nil {
+			if err := d.Flush(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 			want := []string{wantKey(0, format), wantKey(1, format), wantKey(2, format)}
@@ -255,25 +255,25 @@ func TestMaxObjectRows(t *testing.T) {
 	}
 }
 
-func TestCommitCycles(t *testing.T) {
+func TestFlushCycles(t *testing.T) {
 	e := newEnv(t)
 	d := e.newDest(t, e.cfg("jsonl"), options{})
-	if err := d.Commit(context.Background()); err != nil {
-		t.Fatalf("Commit with nothing written: %v", err)
+	if err := d.Flush(context.Background()); err != nil {
+		t.Fatalf("Flush with nothing written: %v", err)
 	}
 	if k := e.keys(t); len(k) != 0 {
-		t.Fatalf("an empty Commit wrote %v", k)
+		t.Fatalf("an empty Flush wrote %v", k)
 	}
 	msgs := testMessages("cy", 6)
 	write(t, d, msgs[:3])
-	if err := d.Commit(context.Background()); err != nil {
+	if err := d.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	write(t, d, msgs[3:])
-	if err := d.Commit(context.Background()); err != nil {
+	if err := d.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Commit(context.Background()); err != nil {
+	if err := d.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := e.keys(t), []string{wantKey(0, "jsonl"), wantKey(1, "jsonl")}; !equal(got, want) {
@@ -303,9 +303,9 @@ func TestMultipart(t *testing.T) {
 		t.Fatal("no multipart upload started while writing")
 	}
 	if k := e.keys(t); len(k) != 0 {
-		t.Fatalf("objects visible before Commit: %v", k)
+		t.Fatalf("objects visible before Flush: %v", k)
 	}
-	if err := d.Commit(context.Background()); err != nil {
+	if err := d.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	data := e.mio.Get(t, e.bucket, wantKey(0, "jsonl"))
@@ -375,7 +375,7 @@ func TestCancelDuringWrite(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "100 accepted messages were lost") {
 		t.Fatalf("Write = %v, want the loss of 100 accepted messages", err)
 	}
-	if err := d.Commit(context.Background()); err == nil {
+	if err := d.Flush(context.Background()); err == nil {
 		t.Fatal("Commit succeeded after accepted messages were lost")
 	}
 	if err := d.Close(context.Background()); err == nil {
@@ -396,7 +396,7 @@ func TestCancelledBeforeWrite(t *testing.T) {
 	if err := d.Write(ctx, msgs[2:]); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Write = %v, want context.Canceled", err)
 	}
-	if err := d.Commit(context.Background()); err != nil {
+	if err := d.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if n := bytes.Count(e.mio.Get(t, e.bucket, wantKey(0, "jsonl")), []byte("\n")); n != 2 {
@@ -424,7 +424,7 @@ func TestPartFailure(t *testing.T) {
 		}
 	}
 	if err == nil {
-		err = d.Commit(context.Background())
+		err = d.Flush(context.Background())
 	}
 	if err == nil || !strings.Contains(err.Error(), "injected failure") {
 		t.Fatalf("error = %v, want the injected failure", err)
@@ -449,7 +449,7 @@ func TestLostCreateResponse(t *testing.T) {
 	e.assertClean(t)
 	// Nothing was accepted before: the destination goes on with the next object.
 	write(t, d, testMessages("lc2", 3))
-	if err := d.Commit(context.Background()); err != nil {
+	if err := d.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	e.assertClean2(t, 1)
@@ -516,7 +516,7 @@ func TestConcurrentWrites(t *testing.T) {
 			for err := range errs {
 				t.Fatal(err)
 			}
-			if err := d.Commit(context.Background()); err != nil {
+			if err := d.Flush(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 			keys := e.keys(t)
@@ -565,7 +565,7 @@ func TestRejectsUnreadableBody(t *testing.T) {
 			if !errors.As(err, &be) || len(be.Failed) != 1 || be.Failed[0].Index != 2 {
 				t.Fatalf("Write = %v, want a BatchError for index 2", err)
 			}
-			if err := d.Commit(context.Background()); err != nil {
+			if err := d.Flush(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 			data := e.mio.Get(t, e.bucket, wantKey(0, format))
@@ -648,7 +648,7 @@ func TestKeyMacros(t *testing.T) {
 	cfg.Key = "{stream_name}/{stream_id}/{connection_id}/{iso_date}/{hour}{minute}{second}/{stream_run_id}-{part}.{extension}"
 	d := e.newDest(t, cfg, options{})
 	write(t, d, testMessages("k", 1))
-	if err := d.Commit(context.Background()); err != nil {
+	if err := d.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	want := "lake/users/" + stableID("stream", "users") + "/" + stableID("connection", "users", "lake") +
