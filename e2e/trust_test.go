@@ -520,7 +520,7 @@ func TestTrustKill9Loop(t *testing.T) {
 			}
 			completed++
 			crashWriteExport(t, &s.layout, s.path("data"), exampledata.Options{
-				Files: 1, RowsPerFile: 1500, RowGroupRows: 500, Seed: seed + uint64(completed),
+				Files: 1, RowsPerFile: 3000, RowGroupRows: 500, Seed: seed + uint64(completed),
 				FirstID: int64(completed) * 1_000_000, Prefix: fmt.Sprintf("more-%02d-", completed)})
 			continue
 		}
@@ -775,7 +775,7 @@ func TestTrustStop(t *testing.T) {
 	// counts as delivered to the file is exactly what the file holds, and not nothing.
 	t.Run("FileCountsWhatItWrote", func(t *testing.T) {
 		s := newCrashSpace(t)
-		crashWriteExport(t, &s.layout, s.path("data"), exampledata.Options{Files: 3, RowsPerFile: 3000, RowGroupRows: 1000, Seed: 73})
+		crashWriteExport(t, &s.layout, s.path("data"), exampledata.Options{Files: 1, RowsPerFile: 12000, Seed: 73})
 		hook := newCrashHook(t, func() time.Duration { return 150 * time.Millisecond })
 		out := s.path("out/users.jsonl")
 		trustConfig(t, s, "", "", fmt.Sprintf(`      - type: file
