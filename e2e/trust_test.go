@@ -240,9 +240,20 @@ func TestTrustS3DestinationKill(t *testing.T) {
 		if e.signal == syscall.SIGKILL {
 			killed++
 		}
-		_, objects := trustObjectMessages(t, m, lake)
+		count, objects := trustObjectMessages(t, m, lake)
 		t.Logf("run %d: killed after %d new objects were completed (%d in all)", i+1, objects-before, objects)
-		s.checkpoint(fmt.Sprintf("after run %d", i+1))
+		// Durable means completed: the checkpoint counts no row that is in no completed
+		// object.
+		got := map[int64]int{}
+		for u, n := range count {
+			id, err := strconv.ParseInt(u, 10, 64)
+			if err != nil {
+				t.Fatalf("an object holds userId %q", u)
+			}
+			got[id] = n
+		}
+		marks := crashWatermarks(s.checkpoint(fmt.Sprintf("after run %d", i+1)), "s3")
+		crashCheckCovered(t, fmt.Sprintf("after run %d", i+1), &s.layout, marks, got)
 	}
 	if killed == 0 {
 		t.Fatalf("no run was killed in the middle of its work")
