@@ -783,37 +783,50 @@ func TestTrustStop(t *testing.T) {
 	})
 
 	// (c) A file destination with a large batch alongside a slow webhook: what the report
-	// counts as delivered to the file is exactly what the file holds, and not nothing.
-	t.Run("FileCountsWhatItWrote", func(t *testing.T) {
-		s := newCrashSpace(t)
-		crashWriteExport(t, &s.layout, s.path("data"), exampledata.Options{Files: 1, RowsPerFile: 12000, Seed: 73})
-		hook := newCrashHook(t, func() time.Duration { return 150 * time.Millisecond })
-		out := s.path("out/users.jsonl")
-		trustConfig(t, s, "", "", fmt.Sprintf(`      - type: file
+	// counts as delivered to the file is exactly what the file holds, and not nothing. In
+	// both orders of the destinations in the config.
+	for _, fileFirst := range []bool{true, false} {
+		name := "FileCountsWhatItWrote/WebhookFirst"
+		if fileFirst {
+			name = "FileCountsWhatItWrote/FileFirst"
+		}
+		t.Run(name, func(t *testing.T) {
+			s := newCrashSpace(t)
+			crashWriteExport(t, &s.layout, s.path("data"), exampledata.Options{Files: 1, RowsPerFile: 12000, Seed: 73})
+			hook := newCrashHook(t, func() time.Duration { return 150 * time.Millisecond })
+			out := s.path("out/users.jsonl")
+			file := fmt.Sprintf(`      - type: file
         name: file
         path: %q
         batch_size: 5000
-`, out)+trustWebhookDest(hook.url(), 50, 1))
-		report := filepath.Join(t.TempDir(), "report.json")
-		p := s.start("sync", "--grace", "5s", "--report", report)
-		trustWaitPosts(t, hook, p, 5, 30*time.Second)
-		if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
-			t.Fatal(err)
-		}
-		e := p.wait()
-		rep := readReport(t, report, result{Args: p.args, Code: e.code, Stderr: p.stderr.String()})
-		if rep == nil {
-			t.Fatalf("no report after SIGINT\n%s", p.output())
-		}
-		lines := int64(len(readMessages(t, out)))
-		t.Logf("exit %d; the file holds %d lines, the report counts %d delivered to it, %d to the webhook", e.code, lines, rep.delivered("file"), rep.delivered("webhook"))
-		if rep.delivered("file") != lines {
-			t.Errorf("the report counts %d rows delivered to the file, which holds %d lines\n%s", rep.delivered("file"), lines, rep)
-		}
-		if rep.delivered("file") == 0 {
-			t.Errorf("nothing delivered to the file destination before the stop\n%s", rep)
-		}
-	})
+`, out)
+			webhook := trustWebhookDest(hook.url(), 50, 1)
+			if fileFirst {
+				trustConfig(t, s, "", "", file+webhook)
+			} else {
+				trustConfig(t, s, "", "", webhook+file)
+			}
+			report := filepath.Join(t.TempDir(), "report.json")
+			p := s.start("sync", "--grace", "5s", "--report", report)
+			trustWaitPosts(t, hook, p, 5, 30*time.Second)
+			if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
+				t.Fatal(err)
+			}
+			e := p.wait()
+			rep := readReport(t, report, result{Args: p.args, Code: e.code, Stderr: p.stderr.String()})
+			if rep == nil {
+				t.Fatalf("no report after SIGINT\n%s", p.output())
+			}
+			lines := int64(len(readMessages(t, out)))
+			t.Logf("exit %d; the file holds %d lines, the report counts %d delivered to it, %d to the webhook", e.code, lines, rep.delivered("file"), rep.delivered("webhook"))
+			if rep.delivered("file") != lines {
+				t.Errorf("the report counts %d rows delivered to the file, which holds %d lines\n%s", rep.delivered("file"), lines, rep)
+			}
+			if rep.delivered("file") == 0 {
+				t.Errorf("nothing delivered to the file destination before the stop\n%s", rep)
+			}
+		})
+	}
 }
 
 // ---- defect 8: check proves the state writable ----
