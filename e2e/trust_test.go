@@ -79,8 +79,12 @@ func TestTrustDiffNewDestination(t *testing.T) {
 		t.Errorf("after changing %d rows: want %d delivered to each of a and b, got a %d, b %d\n%s",
 			len(changed), len(changed), rep.delivered("a"), rep.delivered("b"), rep)
 	}
-	checkExactlyOnce(t, "a's new messages after the change", readMessages(t, outA)[min(nA, len(readMessages(t, outA))):], changed)
-	checkExactlyOnce(t, "b's new messages after the change", readMessages(t, outB)[min(nB, len(readMessages(t, outB))):], changed)
+	newSince := func(path string, n int) []message {
+		msgs := readMessages(t, path)
+		return msgs[min(n, len(msgs)):]
+	}
+	checkExactlyOnce(t, "a's new messages after the change", newSince(outA, nA), changed)
+	checkExactlyOnce(t, "b's new messages after the change", newSince(outB, nB), changed)
 }
 
 // ---- defect 2: the s3 destination's memory and durability ----
