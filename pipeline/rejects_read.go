@@ -1,0 +1,95 @@
+package pipeline
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/backflowhq/backflow/state"
+)
+
+// RejectedRow is one line of a rejects file (SPEC.md): the row Row (from 0) of File,
+// refused by Destination ("" when it was refused before delivery) for Reason; Message is
+// the message that was refused, absent where the row could not be mapped.
+type RejectedRow struct {
+	File        string          `json:"file"`
+	Row         int64           `json:"row"`
+	Destination string          `json:"destination,omitempty"`
+	Reason      string          `json:"reason"`
+	Message     json.RawMessage `json:"message,omitempty"`
+}
+
+// Rejects are the rejected rows of one run.
+type Rejects struct {
+	Sync  string
+	RunID string
+	// Location is where the rejects file is: a path or an s3:// URL.
+	Location string
+	Rows     []RejectedRow
+	// Unreadable counts the lines that are not a rejected row (a line torn by a crash):
+	// they are left out of Rows.
+	Unreadable int
+}
+
+// ReadRejects reads the rejects file of one run of the sync. Its error matches
+// state.ErrNoRejects (errors.Is) when the run wrote none.
+func ReadRejects(ctx context.Context, store state.Store, sync, runID string) (*Rejects, error) {
+	rc, loc, err := store.OpenRejects(ctx, sync, runID)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	out := &Rejects{Sync: sync, RunID: runID, Location: loc}
+	br := bufio.NewReaderSize(rc, 64<<10)
+	for {
+		line, err := br.ReadBytes('\n')
+		if len(bytes.TrimSpace(line)) > 0 {
+			var row RejectedRow
+			var fields struct {
+				Row *int64 `json:"row"`
+			}
+			if json.Unmarshal(line, &row) != nil || json.Unmarshal(line, &fields) != nil ||
+				row.File == "" || fields.Row == nil || row.Row < 0 {
+				out.Unreadable++
+			} else {
+				out.Rows = append(out.Rows, row)
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading rejects file %s: %w", loc, err)
+		}
+	}
+}
+
+// RetriedRuns reads the sync's run history and returns, for each run whose rejected rows
+// a retry has sent again, the newest such retry that completed (status ok or partial):
+// its own rejects file then holds every row of the run still not delivered. A retry
+// that failed does not count: the run's rows may still be retried. Runs beyond the kept
+// history are not known.
+func RetriedRuns(ctx context.Context, store state.Store, sync string) (map[string]*Report, error) {
+	history, err := store.History(ctx, sync)
+	if err != nil {
+		return nil, fmt.Errorf("reading the run history of sync %s: %w", sync, err)
+	}
+	out := map[string]*Report{}
+	for _, b := range history { // newest first
+		var rep Report
+		if json.Unmarshal(b, &rep) != nil || rep.RetryOf == "" {
+			continue
+		}
+		if rep.Status != StatusOK && rep.Status != StatusPartial {
+			continue
+		}
+		if _, seen := out[rep.RetryOf]; !seen {
+			out[rep.RetryOf] = &rep
+		}
+	}
+	return out, nil
+}
