@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
+	"time"
 
 	"github.com/backflowhq/backflow/state"
 )
@@ -68,28 +70,74 @@ func ReadRejects(ctx context.Context, store state.Store, sync, runID string) (*R
 	}
 }
 
+// RunsWithRejects returns the ids of the sync's runs that wrote a rejects file, newest
+// first, and for each run a retry has settled, that retry's report (see RetriedRuns).
+// Run ids tell the start time to the second only: runs that started within the same
+// second are ordered by their start time in the run history, when it has them.
+func RunsWithRejects(ctx context.Context, store state.Store, sync string) ([]string, map[string]*Report, error) {
+	runs, err := store.RejectsRuns(ctx, sync)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listing the rejects of sync %s: %w", sync, err)
+	}
+	reports, err := history(ctx, store, sync)
+	if err != nil {
+		return runs, nil, err
+	}
+	started := map[string]time.Time{}
+	for _, rep := range reports {
+		started[rep.RunID] = rep.StartedAt
+	}
+	sort.SliceStable(runs, func(i, j int) bool {
+		a, b := runs[i], runs[j]
+		ta, oka := started[a]
+		tb, okb := started[b]
+		if oka && okb && len(a) > 16 && len(b) > 16 && a[:16] == b[:16] {
+			return ta.After(tb)
+		}
+		return a > b
+	})
+	return runs, retriedRuns(reports), nil
+}
+
 // RetriedRuns reads the sync's run history and returns, for each run whose rejected rows
 // a retry has sent again, the newest such retry that completed (status ok or partial):
 // its own rejects file then holds every row of the run still not delivered. A retry
 // that failed does not count: the run's rows may still be retried. Runs beyond the kept
 // history are not known.
 func RetriedRuns(ctx context.Context, store state.Store, sync string) (map[string]*Report, error) {
-	history, err := store.History(ctx, sync)
+	reports, err := history(ctx, store, sync)
+	if err != nil {
+		return nil, err
+	}
+	return retriedRuns(reports), nil
+}
+
+// history returns the sync's run reports, newest first; entries that are not reports are
+// left out.
+func history(ctx context.Context, store state.Store, sync string) ([]*Report, error) {
+	raw, err := store.History(ctx, sync)
 	if err != nil {
 		return nil, fmt.Errorf("reading the run history of sync %s: %w", sync, err)
 	}
-	out := map[string]*Report{}
-	for _, b := range history { // newest first
+	out := make([]*Report, 0, len(raw))
+	for _, b := range raw {
 		var rep Report
-		if json.Unmarshal(b, &rep) != nil || rep.RetryOf == "" {
-			continue
-		}
-		if rep.Status != StatusOK && rep.Status != StatusPartial {
-			continue
-		}
-		if _, seen := out[rep.RetryOf]; !seen {
-			out[rep.RetryOf] = &rep
+		if json.Unmarshal(b, &rep) == nil && rep.RunID != "" {
+			out = append(out, &rep)
 		}
 	}
 	return out, nil
+}
+
+func retriedRuns(reports []*Report) map[string]*Report {
+	out := map[string]*Report{}
+	for _, rep := range reports { // newest first
+		if rep.RetryOf == "" || (rep.Status != StatusOK && rep.Status != StatusPartial) {
+			continue
+		}
+		if _, seen := out[rep.RetryOf]; !seen {
+			out[rep.RetryOf] = rep
+		}
+	}
+	return out
 }

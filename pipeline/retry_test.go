@@ -400,3 +400,34 @@ func TestRetryUnknownRun(t *testing.T) {
 		t.Errorf("a retry of nothing was recorded in the history")
 	}
 }
+
+// Run ids tell the start to the second: runs of the same second are ordered by the start
+// times of the run history.
+func TestRunsWithRejectsOrdersRunsOfOneSecond(t *testing.T) {
+	h := newRetryHarness(t, 1)
+	h.a.setRefuse("1", "2")
+	t0 := time.Now().Add(time.Minute).UTC().Truncate(time.Second)
+	prefix := t0.Format("20060102T150405Z")
+	first, err := Run(context.Background(), Options{Config: h.cfg, Sync: &h.cfg.Syncs[0], Registry: h.reg, Store: h.store,
+		RunID: prefix + "-ffffffff", Now: func() time.Time { return t0.Add(100 * time.Millisecond) }})
+	if err != nil || first.Rows.Rejected != 2 {
+		t.Fatalf("sync: %v\n%s", err, report(first))
+	}
+	b, _ := json.Marshal(first)
+	if err := h.store.AppendHistory(context.Background(), "users", b, 10); err != nil {
+		t.Fatal(err)
+	}
+	h.a.setRefuse("2")
+	rep, err := Retry(context.Background(), RetryOptions{Config: h.cfg, Sync: &h.cfg.Syncs[0], Of: first.RunID, Registry: h.reg, Store: h.store,
+		RunID: prefix + "-00000000", Now: func() time.Time { return t0.Add(500 * time.Millisecond) }})
+	if err != nil || rep.Status != StatusPartial {
+		t.Fatalf("retry: %v\n%s", err, report(rep))
+	}
+	runs, retried, err := RunsWithRejects(context.Background(), h.store, "users")
+	if err != nil || !slices.Equal(runs, []string{rep.RunID, first.RunID}) {
+		t.Fatalf("RunsWithRejects: %v, %v; want the retry %s first", err, runs, rep.RunID)
+	}
+	if retried[first.RunID] == nil || retried[first.RunID].RunID != rep.RunID || retried[rep.RunID] != nil {
+		t.Errorf("retried runs %v: want %s settled by %s only", retried, first.RunID, rep.RunID)
+	}
+}

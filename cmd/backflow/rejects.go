@@ -92,26 +92,30 @@ func noRejectsError(sync, runID string, runs []string) error {
 	return &usageError{errors.New(msg)}
 }
 
-// rejectsRuns opens the state and lists the runs of the sync that have rejects.
-func rejectsRuns(ctx context.Context, g *globalOptions) (*config.Config, *config.Sync, state.Store, []string, error) {
+// rejectsRuns opens the state and lists the runs of the sync that have rejects, newest
+// first, and the runs a retry settled. A history that cannot be read is only a warning.
+func rejectsRuns(ctx context.Context, g *globalOptions) (*config.Config, *config.Sync, state.Store, []string, map[string]*pipeline.Report, error) {
 	cfg, s, err := g.loadSync()
 	if err != nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, nil, nil, nil, err
 	}
 	store, err := openStore(ctx, cfg)
 	if err != nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, nil, nil, nil, err
 	}
-	runs, err := store.RejectsRuns(ctx, s.Name)
+	runs, retried, err := pipeline.RunsWithRejects(ctx, store, s.Name)
+	if err != nil && runs == nil {
+		return nil, nil, nil, nil, nil, err
+	}
 	if err != nil {
-		return nil, nil, nil, nil, err
+		fmt.Fprintf(g.stderr, "backflow: %s\n", scrub(err.Error(), g))
 	}
-	return cfg, s, store, runs, nil
+	return cfg, s, store, runs, retried, nil
 }
 
 func runRejectsList(cmd *cobra.Command, g *globalOptions, o rejectsListOptions) error {
 	ctx := cmd.Context()
-	_, s, store, runs, err := rejectsRuns(ctx, g)
+	_, s, store, runs, retried, err := rejectsRuns(ctx, g)
 	if err != nil {
 		return err
 	}
@@ -136,10 +140,6 @@ func runRejectsList(cmd *cobra.Command, g *globalOptions, o rejectsListOptions) 
 	}
 	if rej.Unreadable > 0 {
 		fmt.Fprintf(g.stderr, "backflow: %s: %d lines are not rejected rows (left out)\n", rej.Location, rej.Unreadable)
-	}
-	retried, err := pipeline.RetriedRuns(ctx, store, s.Name)
-	if err != nil {
-		fmt.Fprintf(g.stderr, "backflow: %s\n", scrub(err.Error(), g))
 	}
 	by := retried[runID]
 
@@ -235,17 +235,13 @@ func writeJSON(out io.Writer, v any) error {
 
 func runRejectsRetry(cmd *cobra.Command, g *globalOptions, o rejectsRetryOptions) error {
 	ctx := cmd.Context()
-	cfg, s, store, runs, err := rejectsRuns(ctx, g)
+	cfg, s, store, runs, retried, err := rejectsRuns(ctx, g)
 	if err != nil {
 		return err
 	}
 	logger, err := g.logger()
 	if err != nil {
 		return err
-	}
-	retried, err := pipeline.RetriedRuns(ctx, store, s.Name)
-	if err != nil {
-		logger.Warn("reading which runs were retried", "error", err)
 	}
 	runID := o.run
 	if runID == "" {
