@@ -347,3 +347,36 @@ func TestRejectsOnS3State(t *testing.T) {
 		t.Errorf("the third retry sent %d messages", len(got))
 	}
 }
+
+// The rejects commands' usage errors exit 2 with one line; a sync without rejects has
+// nothing to list or retry (exit 0).
+func TestRejectsUsage(t *testing.T) {
+	w := newWorkspace(t)
+	w.writeUsers("", exampledata.Options{Files: 1, RowsPerFile: 10})
+	w.writeConfig(usersConfig(fileDest("out/users.jsonl")))
+	for _, args := range [][]string{
+		{"rejects"},
+		{"rejects", "bogus"},
+		{"rejects", "list", "extra"},
+		{"rejects", "list", "--run", "../../etc/passwd"},
+		{"rejects", "retry", "--run", "20200101T000000Z-0badc0de"},
+		{"rejects", "retry", "--sync", "nope"},
+	} {
+		r := w.run(args...)
+		if r.Code != 2 || len(r.errorLines()) != 1 {
+			t.Errorf("%v: exit %d with error lines %q, want exit 2 and one line\n%s", args, r.Code, r.errorLines(), r)
+		}
+	}
+	if r := w.run("rejects", "list"); r.Code != 0 || !strings.Contains(r.Stdout, "no rejected rows") {
+		t.Errorf("rejects list without rejects: want exit 0 saying so\n%s", r)
+	}
+	if l := w.listRejects(); l.Sync != "users" || len(l.Rejects) != 0 {
+		t.Errorf("rejects list --json without rejects: %+v", l)
+	}
+	if r := w.run("rejects", "retry"); r.Code != 0 || !strings.Contains(r.Stderr, "no rejected rows to retry") {
+		t.Errorf("rejects retry without rejects: want exit 0 saying so\n%s", r)
+	}
+	if exists(w.path(".backflow", "history")) {
+		t.Errorf("a retry of nothing wrote a run history")
+	}
+}

@@ -130,6 +130,8 @@ func runRejectsList(cmd *cobra.Command, g *globalOptions, o rejectsListOptions) 
 			return nil
 		}
 		runID = runs[0]
+	} else if !slices.Contains(runs, runID) {
+		return noRejectsError(s.Name, runID, runs)
 	}
 	rej, err := pipeline.ReadRejects(ctx, store, s.Name, runID)
 	if errors.Is(err, state.ErrNoRejects) {
