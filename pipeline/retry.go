@@ -90,6 +90,7 @@ type retryRun struct {
 	rejects   *rejectsWriter
 	destIndex map[string]int
 	queues    [][]retryMsg // per destination of the sync
+	staged    []stagedRow  // of the file being read
 	delivered []int64
 	failed    []int64
 
@@ -309,9 +310,14 @@ func (rt *retryRun) readBack(ctx context.Context, src reader.Source, obj reader.
 			err = rt.readRows(ctx, f, rows, mappers)
 		}
 	}
+	staged := rt.staged
+	rt.staged = nil
 	switch {
 	case err == nil:
 		rt.report.Files.Read++
+		for _, s := range staged {
+			rt.queue(key, s)
+		}
 		return nil
 	case errors.Is(err, reader.ErrNotFound):
 		rt.report.Files.Vanished++
@@ -402,7 +408,7 @@ func (rt *retryRun) readRowGroup(ctx context.Context, f *reader.File, rg int, st
 			one := rec.NewSlice(r-row, r-row+1)
 			msgs, rejects := m.Map(one, r, nil, nil)
 			one.Release()
-			rt.mapped(f.Object().Key, rows[r], msgs, rejects)
+			rt.mapped(rows[r], msgs, rejects)
 			*next++
 		}
 		row += n
@@ -416,21 +422,34 @@ func (rt *retryRun) readRowGroup(ctx context.Context, f *reader.File, rg int, st
 	return nil
 }
 
-// mapped queues a row read back: to the destination of each of its rejects lines, or to
+// stagedRow is a row read back and mapped, queued once the whole file was read.
+type stagedRow struct {
+	lines   []RejectedRow
+	msgs    []mapper.Message
+	rejects []mapper.Reject
+}
+
+// mapped stages a row read back: a file that cannot be read to its last rejected row
+// sends none of its rows.
+func (rt *retryRun) mapped(lines []RejectedRow, msgs []mapper.Message, rejects []mapper.Reject) {
+	rt.staged = append(rt.staged, stagedRow{lines: lines, msgs: msgs, rejects: rejects})
+}
+
+// queue queues a row read back: to the destination of each of its rejects lines, or to
 // every destination for a row refused before delivery. A row that still cannot be
 // mapped is rejected again.
-func (rt *retryRun) mapped(key string, lines []RejectedRow, msgs []mapper.Message, rejects []mapper.Reject) {
+func (rt *retryRun) queue(key string, s stagedRow) {
 	rt.rowsRead++
-	if len(msgs) == 0 {
-		for _, rej := range rejects {
+	if len(s.msgs) == 0 {
+		for _, rej := range s.rejects {
 			rt.rejected++
 			rt.rejects.write(rejectLine{File: key, Row: rej.Row, Reason: rej.Reason, Message: rej.Message})
 		}
 		return
 	}
-	msg := msgs[0]
+	msg := s.msgs[0]
 	to := map[int]bool{}
-	for _, l := range lines {
+	for _, l := range s.lines {
 		if l.Destination == "" {
 			for i := range rt.queues {
 				to[i] = true

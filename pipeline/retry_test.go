@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/apache/arrow-go/v18/parquet/file"
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
@@ -429,5 +432,73 @@ func TestRunsWithRejectsOrdersRunsOfOneSecond(t *testing.T) {
 	}
 	if retried[first.RunID] == nil || retried[first.RunID].RunID != rep.RunID || retried[rep.RunID] != nil {
 		t.Errorf("retried runs %v: want %s settled by %s only", retried, first.RunID, rep.RunID)
+	}
+}
+
+// corruptRowGroup overwrites every column chunk of row group rg of the file at path with
+// garbage, keeping its size and modification time: the listing sees the same file, and
+// only reading that row group fails.
+func corruptRowGroup(t *testing.T, path string, rg int) {
+	t.Helper()
+	info, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pf, err := file.OpenParquetFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := pf.MetaData().RowGroup(rg)
+	var spans [][2]int64
+	for c := 0; c < md.NumColumns(); c++ {
+		cc, err := md.ColumnChunk(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := cc.DataPageOffset()
+		if cc.HasDictionaryPage() && cc.DictionaryPageOffset() < start {
+			start = cc.DictionaryPageOffset()
+		}
+		spans = append(spans, [2]int64{start, start + cc.TotalCompressedSize()})
+	}
+	pf.Close()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range spans {
+		if _, err := f.WriteAt(bytes.Repeat([]byte{0xff}, int(s[1]-s[0])), s[0]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(path, info.ModTime(), info.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Rows are read back from the row groups that hold them only: a broken row group
+// elsewhere in the file is never read; a file whose rows cannot all be read sends none.
+func TestRetryReadsOnlyTheRowGroupsOfItsRows(t *testing.T) {
+	h := newRetryHarness(t, 2) // row groups of 300 rows: [0,300) [300,600) [600,900) [900,1000)
+	h.a.setRefuse("5", "950", "1700")
+	first := h.sync()
+	h.a.take()
+	h.a.setRefuse()
+	for _, name := range []string{"part-00000.parquet", "part-00001.parquet"} {
+		corruptRowGroup(t, filepath.Join(h.dir, "data", name), 2)
+	}
+	rep, err := h.retry(first.RunID)
+	if err != nil || rep.Status != StatusPartial {
+		t.Fatalf("retry: %v\n%s", err, report(rep))
+	}
+	if got := h.a.take(); !slices.Equal(got, []string{"5", "950"}) {
+		t.Errorf("a received %v, want 5 and 950 (row groups 0 and 3 of part-00000)", got)
+	}
+	if rep.Files.Read != 1 || rep.Files.Rejected != 1 || rep.Rows.NotRetried != 1 || len(rep.FileErrors) != 1 ||
+		rep.FileErrors[0].Key != "part-00001.parquet" || !strings.Contains(rep.FileErrors[0].Error, "row group 2") {
+		t.Errorf("want part-00001.parquet reported unreadable at row group 2, its row not retried\n%s", report(rep))
 	}
 }
