@@ -21,6 +21,7 @@ import (
 type poisonHook struct {
 	mu     sync.Mutex
 	poison map[string]bool
+	down   bool // answer 503 to everything
 	got    []message
 }
 
@@ -47,6 +48,10 @@ func (h *poisonHook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.down {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
 	for _, m := range msgs {
 		if h.poison[m.UserID] {
 			w.WriteHeader(http.StatusBadRequest)
@@ -56,6 +61,12 @@ func (h *poisonHook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h.got = append(h.got, msgs...)
 	w.WriteHeader(http.StatusOK)
+}
+
+func (h *poisonHook) setDown(down bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.down = down
 }
 
 func (h *poisonHook) setPoison(users ...string) {
@@ -227,8 +238,17 @@ func TestRejectsListAndRetry(t *testing.T) {
 		t.Errorf("rejects retry --run <no rejects>: want exit 2 naming %s\n%s", first.RunID, r)
 	}
 
-	// The receiver fixed, the retry delivers exactly the two rows, once.
+	// A retry while the receiver is down fails (exit 1) and sends nothing.
 	hook.setPoison()
+	hook.setDown(true)
+	r, failed := w.retry()
+	if r.Code != 1 || failed.Status != "failed" || len(r.errorLines()) != 1 || !strings.Contains(r.errorLines()[0], "webhook") {
+		t.Fatalf("retry to a receiver that is down: want exit 1 and one line naming the webhook\n%s\n%+v", r, failed)
+	}
+	hook.setDown(false)
+
+	// The receiver fixed, the retry (of the first run, not of the failed retry) delivers
+	// exactly the two rows, once.
 	r, rep := w.retry()
 	if r.Code != 0 || rep.Status != "ok" || rep.RetryOf != first.RunID || rep.RunID == first.RunID ||
 		rep.Rows.Read != 2 || rep.Rows.Sent != 2 || rep.Files.Read != 2 || rep.RejectsFile != "" {

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"sort"
-	"time"
 
 	"github.com/backflowhq/backflow/state"
 )
@@ -70,33 +69,60 @@ func ReadRejects(ctx context.Context, store state.Store, sync, runID string) (*R
 	}
 }
 
-// RunsWithRejects returns the ids of the sync's runs that wrote a rejects file, newest
-// first, and for each run a retry has settled, that retry's report (see RetriedRuns).
-// Run ids tell the start time to the second only: runs that started within the same
-// second are ordered by their start time in the run history, when it has them.
-func RunsWithRejects(ctx context.Context, store state.Store, sync string) ([]string, map[string]*Report, error) {
-	runs, err := store.RejectsRuns(ctx, sync)
-	if err != nil {
-		return nil, nil, fmt.Errorf("listing the rejects of sync %s: %w", sync, err)
+// RejectsRun is a run of a sync that wrote a rejects file.
+type RejectsRun struct {
+	ID string
+	// Report is the run's report in the run history; nil when the history no longer
+	// holds it.
+	Report *Report
+	// RetriedBy is the newest completed retry of the run (see RetriedRuns); nil when none.
+	RetriedBy *Report
+}
+
+// Pending tells whether the run's rejected rows are the ones to retry: no completed
+// retry settled them, and the run is not a retry that failed (its rejects file may lack
+// rows of the run it retried, which is still pending itself).
+func (r RejectsRun) Pending() bool {
+	if r.RetriedBy != nil {
+		return false
 	}
-	reports, err := history(ctx, store, sync)
+	return r.Report == nil || r.Report.RetryOf == "" || r.Report.Status != StatusFailed
+}
+
+// RunsWithRejects returns the sync's runs that wrote a rejects file, newest first, with
+// their reports from the run history. Run ids tell the start time to the second only:
+// runs that started within the same second are ordered by their start time in the
+// history, when it has them. A history that cannot be read is returned as an error
+// along with the runs.
+func RunsWithRejects(ctx context.Context, store state.Store, sync string) ([]RejectsRun, error) {
+	ids, err := store.RejectsRuns(ctx, sync)
 	if err != nil {
-		return runs, nil, err
+		return nil, fmt.Errorf("listing the rejects of sync %s: %w", sync, err)
 	}
-	started := map[string]time.Time{}
+	runs := make([]RejectsRun, len(ids))
+	for i, id := range ids {
+		runs[i].ID = id
+	}
+	reports, herr := history(ctx, store, sync)
+	byID := map[string]*Report{}
 	for _, rep := range reports {
-		started[rep.RunID] = rep.StartedAt
+		if _, seen := byID[rep.RunID]; !seen {
+			byID[rep.RunID] = rep
+		}
+	}
+	retried := retriedRuns(reports)
+	for i := range runs {
+		runs[i].Report = byID[runs[i].ID]
+		runs[i].RetriedBy = retried[runs[i].ID]
 	}
 	sort.SliceStable(runs, func(i, j int) bool {
 		a, b := runs[i], runs[j]
-		ta, oka := started[a]
-		tb, okb := started[b]
-		if oka && okb && len(a) > 16 && len(b) > 16 && a[:16] == b[:16] {
-			return ta.After(tb)
+		if a.Report != nil && b.Report != nil && len(a.ID) > 16 && len(b.ID) > 16 && a.ID[:16] == b.ID[:16] {
+			return a.Report.StartedAt.After(b.Report.StartedAt)
 		}
-		return a > b
+		return a.ID > b.ID
 	})
-	return runs, retriedRuns(reports), nil
+	return runs, herr
 }
 
 // RetriedRuns reads the sync's run history and returns, for each run whose rejected rows

@@ -391,6 +391,20 @@ func TestRetryDestinationDownFailsAndKeepsTheRows(t *testing.T) {
 	if retried, _ := RetriedRuns(context.Background(), h.store, "users"); retried[first.RunID] != nil {
 		t.Errorf("a failed retry counts as settling run %s", first.RunID)
 	}
+	// The failed retry is not the one to retry next: the run it retried is.
+	b, _ := json.Marshal(first)
+	if err := h.store.AppendHistory(context.Background(), "users", b, 10); err != nil {
+		t.Fatal(err)
+	}
+	runs, err := RunsWithRejects(context.Background(), h.store, "users")
+	if err != nil || len(runs) != 2 {
+		t.Fatalf("RunsWithRejects: %v, %+v", err, runs)
+	}
+	for _, r := range runs {
+		if r.Pending() != (r.ID == first.RunID) {
+			t.Errorf("run %s pending: %v; want only %s pending", r.ID, r.Pending(), first.RunID)
+		}
+	}
 }
 
 func TestRetryUnknownRun(t *testing.T) {
@@ -426,12 +440,13 @@ func TestRunsWithRejectsOrdersRunsOfOneSecond(t *testing.T) {
 	if err != nil || rep.Status != StatusPartial {
 		t.Fatalf("retry: %v\n%s", err, report(rep))
 	}
-	runs, retried, err := RunsWithRejects(context.Background(), h.store, "users")
-	if err != nil || !slices.Equal(runs, []string{rep.RunID, first.RunID}) {
-		t.Fatalf("RunsWithRejects: %v, %v; want the retry %s first", err, runs, rep.RunID)
+	runs, err := RunsWithRejects(context.Background(), h.store, "users")
+	if err != nil || len(runs) != 2 || runs[0].ID != rep.RunID || runs[1].ID != first.RunID {
+		t.Fatalf("RunsWithRejects: %v, %+v; want the retry %s first", err, runs, rep.RunID)
 	}
-	if retried[first.RunID] == nil || retried[first.RunID].RunID != rep.RunID || retried[rep.RunID] != nil {
-		t.Errorf("retried runs %v: want %s settled by %s only", retried, first.RunID, rep.RunID)
+	if runs[1].RetriedBy == nil || runs[1].RetriedBy.RunID != rep.RunID || runs[1].Pending() ||
+		runs[0].RetriedBy != nil || !runs[0].Pending() || runs[0].Report == nil || runs[0].Report.RetryOf != first.RunID {
+		t.Errorf("runs %+v: want %s settled by %s, which is pending", runs, first.RunID, rep.RunID)
 	}
 }
 

@@ -47,7 +47,7 @@ func newRejectsCommand(g *globalOptions) *cobra.Command {
 	var lo rejectsListOptions
 	list := &cobra.Command{
 		Use:   "list",
-		Short: "Print the rejected rows of a run (default: the newest run with rejects)",
+		Short: "Print the rejected rows of a run (default: the newest run with rejects to retry)",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runRejectsList(cmd, g, lo)
@@ -93,35 +93,70 @@ func noRejectsError(sync, runID string, runs []string) error {
 }
 
 // rejectsRuns opens the state and lists the runs of the sync that have rejects, newest
-// first, and the runs a retry settled. A history that cannot be read is only a warning.
-func rejectsRuns(ctx context.Context, g *globalOptions) (*config.Config, *config.Sync, state.Store, []string, map[string]*pipeline.Report, error) {
+// first. A history that cannot be read is only a warning.
+func rejectsRuns(ctx context.Context, g *globalOptions) (*config.Config, *config.Sync, state.Store, []pipeline.RejectsRun, error) {
 	cfg, s, err := g.loadSync()
 	if err != nil {
-		return nil, nil, nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	store, err := openStore(ctx, cfg)
 	if err != nil {
-		return nil, nil, nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
-	runs, retried, err := pipeline.RunsWithRejects(ctx, store, s.Name)
+	runs, err := pipeline.RunsWithRejects(ctx, store, s.Name)
 	if err != nil && runs == nil {
-		return nil, nil, nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	if err != nil {
 		fmt.Fprintf(g.stderr, "backflow: %s\n", scrub(err.Error(), g))
 	}
-	return cfg, s, store, runs, retried, nil
+	return cfg, s, store, runs, nil
+}
+
+// defaultRun is the run `rejects list` shows without --run: the newest run whose rows
+// are still to retry, else the newest run that is not a failed retry (whose rows are
+// also its original's), else the newest run. runs is not empty.
+func defaultRun(runs []pipeline.RejectsRun) pipeline.RejectsRun {
+	for _, r := range runs {
+		if r.Pending() {
+			return r
+		}
+	}
+	for _, r := range runs {
+		if r.Report == nil || r.Report.RetryOf == "" || r.Report.Status != pipeline.StatusFailed {
+			return r
+		}
+	}
+	return runs[0]
+}
+
+// findRun returns the run with id among runs.
+func findRun(runs []pipeline.RejectsRun, id string) (pipeline.RejectsRun, bool) {
+	for _, r := range runs {
+		if r.ID == id {
+			return r, true
+		}
+	}
+	return pipeline.RejectsRun{}, false
+}
+
+func runIDs(runs []pipeline.RejectsRun) []string {
+	ids := make([]string, len(runs))
+	for i, r := range runs {
+		ids[i] = r.ID
+	}
+	return ids
 }
 
 func runRejectsList(cmd *cobra.Command, g *globalOptions, o rejectsListOptions) error {
 	ctx := cmd.Context()
-	_, s, store, runs, retried, err := rejectsRuns(ctx, g)
+	_, s, store, runs, err := rejectsRuns(ctx, g)
 	if err != nil {
 		return err
 	}
 	out := cmd.OutOrStdout()
-	runID := o.run
-	if runID == "" {
+	var run pipeline.RejectsRun
+	if o.run == "" {
 		if len(runs) == 0 {
 			if o.json {
 				return writeJSON(out, map[string]any{"sync": s.Name, "run_id": nil, "location": nil, "rejects": []any{}})
@@ -129,13 +164,17 @@ func runRejectsList(cmd *cobra.Command, g *globalOptions, o rejectsListOptions) 
 			fmt.Fprintf(out, "Sync %s has no rejected rows.\n", s.Name)
 			return nil
 		}
-		runID = runs[0]
-	} else if !slices.Contains(runs, runID) {
-		return noRejectsError(s.Name, runID, runs)
+		run = defaultRun(runs)
+	} else {
+		var ok bool
+		if run, ok = findRun(runs, o.run); !ok {
+			return noRejectsError(s.Name, o.run, runIDs(runs))
+		}
 	}
+	runID := run.ID
 	rej, err := pipeline.ReadRejects(ctx, store, s.Name, runID)
 	if errors.Is(err, state.ErrNoRejects) {
-		return noRejectsError(s.Name, runID, runs)
+		return noRejectsError(s.Name, runID, runIDs(runs))
 	}
 	if err != nil {
 		return err
@@ -143,7 +182,7 @@ func runRejectsList(cmd *cobra.Command, g *globalOptions, o rejectsListOptions) 
 	if rej.Unreadable > 0 {
 		fmt.Fprintf(g.stderr, "backflow: %s: %d lines are not rejected rows (left out)\n", rej.Location, rej.Unreadable)
 	}
-	by := retried[runID]
+	by := run.RetriedBy
 
 	if o.json {
 		rows := rej.Rows
@@ -237,7 +276,7 @@ func writeJSON(out io.Writer, v any) error {
 
 func runRejectsRetry(cmd *cobra.Command, g *globalOptions, o rejectsRetryOptions) error {
 	ctx := cmd.Context()
-	cfg, s, store, runs, retried, err := rejectsRuns(ctx, g)
+	cfg, s, store, runs, err := rejectsRuns(ctx, g)
 	if err != nil {
 		return err
 	}
@@ -247,26 +286,28 @@ func runRejectsRetry(cmd *cobra.Command, g *globalOptions, o rejectsRetryOptions
 	}
 	runID := o.run
 	if runID == "" {
-		for _, id := range runs {
-			if retried[id] == nil {
-				runID = id
+		for _, r := range runs {
+			if r.Pending() {
+				runID = r.ID
 				break
 			}
 		}
 		if runID == "" {
 			if len(runs) == 0 {
 				fmt.Fprintf(g.stderr, "Sync %s has no rejected rows to retry.\n", s.Name)
-			} else {
+			} else if r := defaultRun(runs); r.RetriedBy != nil {
 				fmt.Fprintf(g.stderr, "Sync %s has no rejected rows left to retry: run %s was retried by run %s (%s).\n",
-					s.Name, runs[0], retried[runs[0]].RunID, retried[runs[0]].Status)
+					s.Name, r.ID, r.RetriedBy.RunID, r.RetriedBy.Status)
+			} else {
+				fmt.Fprintf(g.stderr, "Sync %s has no rejected rows left to retry.\n", s.Name)
 			}
 			return nil
 		}
-	} else if !slices.Contains(runs, runID) {
-		return noRejectsError(s.Name, runID, runs)
-	} else if by := retried[runID]; by != nil {
+	} else if r, ok := findRun(runs, runID); !ok {
+		return noRejectsError(s.Name, runID, runIDs(runs))
+	} else if r.RetriedBy != nil {
 		logger.Warn("this run was retried already; its rows are sent again (with the same messageIds)",
-			"run", runID, "retried_by", by.RunID)
+			"run", runID, "retried_by", r.RetriedBy.RunID)
 	}
 
 	rep, runErr := pipeline.Retry(ctx, pipeline.RetryOptions{
@@ -280,7 +321,7 @@ func runRejectsRetry(cmd *cobra.Command, g *globalOptions, o rejectsRetryOptions
 		Version:  version,
 	})
 	if errors.Is(runErr, state.ErrNoRejects) {
-		return noRejectsError(s.Name, runID, runs)
+		return noRejectsError(s.Name, runID, runIDs(runs))
 	}
 	if o.report != "" {
 		b, err := json.MarshalIndent(rep, "", "  ")
