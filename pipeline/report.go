@@ -28,6 +28,9 @@ type Report struct {
 	DurationMS     int64                        `json:"duration_ms"`
 	Error          string                       `json:"error,omitempty"`
 	RejectsFile    string                       `json:"rejects_file,omitempty"`
+	// RetryOf is, for a run of `backflow rejects retry`, the run whose rejected rows it
+	// sent again.
+	RetryOf string `json:"retry_of,omitempty"`
 	// FileErrors names each rejected or vanished file and why.
 	FileErrors []FileError `json:"file_errors,omitempty"`
 	// CheckpointSaves counts the checkpoints this run wrote.
@@ -46,6 +49,8 @@ type FileCounts struct {
 	Deleted int `json:"deleted"`
 	// Vanished files were listed but gone when read.
 	Vanished int `json:"vanished,omitempty"`
+	// Changed files (a retry) are no longer the ones whose rows were rejected.
+	Changed int `json:"changed,omitempty"`
 }
 
 // RowCounts counts the rows of a run.
@@ -56,6 +61,9 @@ type RowCounts struct {
 	Rejected  int64 `json:"rejected"`
 	// WouldSend is what a dry run would have sent.
 	WouldSend int64 `json:"would_send,omitempty"`
+	// NotRetried rows (a retry) were not sent: their file changed or vanished since, or
+	// the destination that refused them is no longer in the sync.
+	NotRetried int64 `json:"not_retried,omitempty"`
 }
 
 // DestinationCount counts what one destination did.

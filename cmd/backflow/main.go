@@ -193,6 +193,7 @@ next run sends only what is new.`,
 		newSyncCommand(g),
 		newServeCommand(g),
 		newStateCommand(g),
+		newRejectsCommand(g),
 	)
 	return root
 }
