@@ -51,6 +51,10 @@ type Deferred interface {
 	// open object) and returns nil only after their durable funcs were called. The
 	// pipeline calls it when reading ends, and when a run stops gracefully.
 	Flush(ctx context.Context) error
+	// DurableUnit is how many messages at most become durable together (the s3
+	// destination's max_object_rows; 0: no bound). The pipeline keeps its batches
+	// within it, so that a completed unit is counted without waiting for the next.
+	DurableUnit() int
 }
 
 // Registry maps destination types to their factories. Registration is explicit, in one

@@ -467,6 +467,7 @@ func (d defers) WriteDeferred(_ context.Context, msgs []mapper.Message, durable 
 	return errors.New("deferred")
 }
 func (defers) Flush(context.Context) error { return errors.New("flushed") }
+func (defers) DurableUnit() int            { return 0 }
 
 // TestWrapKeepsEveryCombination: each optional interface the adapter implements, and
 // only those, is visible through the wrapper and reaches the adapter; WriteDeferred

@@ -175,6 +175,7 @@ type crashProc struct {
 	started time.Time
 	done    chan struct{} // closed when the process was waited for
 	err     error         // cmd.Wait's error, set before done is closed
+	ended   time.Time     // when cmd.Wait returned, set before done is closed
 	stdout  crashLines
 	stderr  crashLines
 }
@@ -248,6 +249,7 @@ func (s *crashSpace) start(args ...string) *crashProc {
 	p.started = time.Now()
 	go func() {
 		p.err = cmd.Wait()
+		p.ended = time.Now()
 		cancel()
 		close(p.done)
 	}()
@@ -280,7 +282,7 @@ func (p *crashProc) wait() crashExit {
 
 func (p *crashProc) exit() crashExit {
 	p.t.Helper()
-	e := crashExit{at: time.Now()}
+	e := crashExit{at: p.ended}
 	var ee *exec.ExitError
 	switch {
 	case p.err == nil:

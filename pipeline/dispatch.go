@@ -49,17 +49,20 @@ type outbox struct {
 	spans []span
 	n     []int // messages of each span in msgs
 	msgs  []mapper.Message
+	held  []*batch // full batches a stopped reader could not queue: flush sends them
 }
 
-// add appends rows [lo, hi) of a file with sel, their messages for this destination
-// (ordered by row, within [lo, hi)), and sends the full batches. It returns false when
-// ctx ended before they were all queued.
-func (o *outbox) add(ctx context.Context, of *openFile, lo, hi int64, sel []mapper.Message) bool {
+// push appends rows [lo, hi) of a file with sel, their messages for this destination
+// (ordered by row, within [lo, hi)), and returns the batches that are now full, for
+// send. It never blocks on the destination: a reader hands a record batch to every
+// destination before it waits for any, so a slow destination never starves a fast one
+// of the rows already read.
+func (o *outbox) push(of *openFile, lo, hi int64, sel []mapper.Message) []*batch {
 	o.mu.Lock()
 	if len(sel) == 0 && len(o.msgs) == 0 {
 		o.mu.Unlock()
 		o.handled(o.dest, []span{{file: of, start: lo, end: hi}})
-		return true
+		return nil
 	}
 	o.spans = append(o.spans, span{file: of, start: lo, end: hi})
 	o.n = append(o.n, len(sel))
@@ -69,13 +72,14 @@ func (o *outbox) add(ctx context.Context, of *openFile, lo, hi int64, sel []mapp
 		full = append(full, o.cutLocked(o.size))
 	}
 	o.mu.Unlock()
-	return o.send(ctx, full)
+	return full
 }
 
 // flush sends what is left as a last, partly filled batch.
 func (o *outbox) flush(ctx context.Context) bool {
 	o.mu.Lock()
-	var rest []*batch
+	rest := o.held
+	o.held = nil
 	if len(o.msgs) > 0 {
 		rest = append(rest, o.cutLocked(len(o.msgs)))
 	}
@@ -117,11 +121,16 @@ func (o *outbox) cutLocked(k int) *batch {
 	return b
 }
 
+// send queues batches for the writers, waiting while they are busy (backpressure); it
+// returns false when ctx ended first (the batches not queued are left for the next run).
 func (o *outbox) send(ctx context.Context, batches []*batch) bool {
-	for _, b := range batches {
+	for i, b := range batches {
 		select {
 		case o.queue <- b:
 		case <-ctx.Done():
+			o.mu.Lock()
+			o.held = append(o.held, batches[i:]...)
+			o.mu.Unlock()
 			return false
 		}
 	}

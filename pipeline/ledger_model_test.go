@@ -144,6 +144,8 @@ func (d *modelDest) Flush(ctx context.Context) error {
 	return nil
 }
 
+func (d *modelDest) DurableUnit() int { return 0 }
+
 func (d *modelDest) Close(context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()

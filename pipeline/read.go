@@ -400,13 +400,21 @@ func (r *run) dispatch(ctx context.Context, of *openFile, m mapped) bool {
 		r.wouldSend.Add(would)
 		return true
 	}
+	full := make([][]*batch, len(r.outboxes))
 	for d, o := range r.outboxes {
 		if of.resume[d].covers(m.lo, m.hi) {
 			continue // handled by an earlier run: nothing to add
 		}
-		if !o.add(ctx, of, m.lo, m.hi, sels[d]) {
-			return false
+		full[d] = o.push(of, m.lo, m.hi, sels[d])
+	}
+	ok := true
+	for d, o := range r.outboxes {
+		// After a stop, the rest is held for the flush (sent within the grace).
+		if ok {
+			ok = o.send(ctx, full[d])
+		} else if len(full[d]) > 0 {
+			o.send(ctx, full[d])
 		}
 	}
-	return true
+	return ok
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -40,6 +41,8 @@ type RetryOptions struct {
 	BatchRows int64
 	// BufferBytes is the read buffer per column stream (default 4 MiB).
 	BufferBytes int64
+	// Wait is how long to wait for the sync's lease when another run holds it.
+	Wait time.Duration
 	// Now tells the time (tests); default time.Now.
 	Now func() time.Time
 }
@@ -58,10 +61,42 @@ type RetryOptions struct {
 // to retry next. The checkpoint is not changed: rows refused by a destination were
 // already settled for it.
 //
+// Like a sync, a retry holds the sync's lease while it runs: it never runs alongside
+// another run of the sync.
+//
 // It always returns a report (Status failed when err != nil), except when run Of wrote no
-// rejects file: then the error matches state.ErrNoRejects and nothing is recorded.
+// rejects file — then the error matches state.ErrNoRejects — or when another run holds
+// the lease (state.ErrLeaseHeld): then nothing is recorded.
 func Retry(ctx context.Context, opts RetryOptions) (*Report, error) {
 	rt := newRetryRun(opts)
+	ttl := config.DefaultLeaseTTL
+	if opts.Config != nil && opts.Config.State.LeaseTTL > 0 {
+		ttl = opts.Config.State.LeaseTTL
+	}
+	host, _ := os.Hostname()
+	lease, err := state.AcquireWait(ctx, opts.Store, opts.Sync.Name,
+		state.Holder{Host: host, PID: os.Getpid(), RunID: rt.report.RunID, Since: rt.start},
+		ttl, opts.Wait, min(max(ttl/10, 200*time.Millisecond), 2*time.Second), nil)
+	if err != nil {
+		if errors.Is(err, state.ErrLeaseHeld) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("taking the lease of sync %s: %w", opts.Sync.Name, err)
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := lease.Release(rctx); err != nil {
+			rt.log.Warn("releasing the sync's lease; it expires by itself", "error", err)
+		}
+	}()
+	go func() {
+		select {
+		case <-lease.Lost():
+			rt.log.Error("the sync's lease was lost during the retry", "error", lease.Err())
+		case <-ctx.Done():
+		}
+	}()
 	rej, err := ReadRejects(ctx, opts.Store, opts.Sync.Name, opts.Of)
 	if err != nil {
 		if errors.Is(err, state.ErrNoRejects) {
@@ -506,15 +541,22 @@ func (rt *retryRun) deliverTo(ctx context.Context, i int, d destinations.Destina
 		size = 500
 	}
 	queue := rt.queues[i]
-	committer, isCommitter := d.(destinations.Committer)
-	var pending []retryMsg // accepted by a Committer, not yet committed
+	// A Deferred destination (s3) makes what it accepted durable on Flush: the rows
+	// count as delivered only then.
+	deferred, isDeferred := d.(destinations.Deferred)
+	var pending []retryMsg // accepted by a Deferred destination, not yet durable
 	for at := 0; at < len(queue); at += size {
 		batch := queue[at:min(at+size, len(queue))]
 		msgs := make([]mapper.Message, len(batch))
 		for j := range batch {
 			msgs[j] = batch[j].msg
 		}
-		err := d.Write(ctx, msgs)
+		var err error
+		if isDeferred {
+			err = deferred.WriteDeferred(ctx, msgs, func() {})
+		} else {
+			err = d.Write(ctx, msgs)
+		}
 		var batchErr *destinations.BatchError
 		switch {
 		case err == nil:
@@ -545,15 +587,15 @@ func (rt *retryRun) deliverTo(ctx context.Context, i int, d destinations.Destina
 			rt.undelivered(i, append(pending, queue[at:]...), err)
 			return err
 		}
-		if isCommitter {
+		if isDeferred {
 			pending = append(pending, batch...)
 		} else {
 			rt.delivered[i] += int64(len(batch))
 		}
 	}
-	if isCommitter && len(pending) > 0 {
-		if err := committer.Commit(ctx); err != nil {
-			err = fmt.Errorf("destination %s: committing: %w", name, err)
+	if isDeferred && len(pending) > 0 {
+		if err := deferred.Flush(ctx); err != nil {
+			err = fmt.Errorf("destination %s: completing what it accepted: %w", name, err)
 			rt.undelivered(i, pending, err)
 			return err
 		}

@@ -537,6 +537,11 @@ func (r *run) execute(ctx context.Context, src reader.Source, toRead []*state.Fi
 		if size <= 0 {
 			size = 500
 		}
+		if def := r.deferred[d]; def != nil && def.DurableUnit() > 0 {
+			// A batch that spans units would be counted only when its last unit is
+			// durable: a kill could then resend units that were complete.
+			size = min(size, def.DurableUnit())
+		}
 		r.outboxes[d] = &outbox{dest: d, size: size, queue: make(chan *batch, cfg.MaxInFlight), handled: r.handledEmpty}
 		for range cfg.MaxInFlight {
 			writers.Add(1)
@@ -559,9 +564,13 @@ func (r *run) execute(ctx context.Context, src reader.Source, toRead []*state.Fi
 
 	// Reading ended (done, stopped or failed): what sits in the outboxes is sent — on
 	// a stop too, within the grace — and the writers drain.
+	// Each destination's flush waits for its own writers only: a slow destination never
+	// holds back another's last batches.
 	for _, o := range r.outboxes {
-		o.flush(deliverCtx)
-		close(o.queue)
+		go func() {
+			o.flush(deliverCtx)
+			close(o.queue)
+		}()
 	}
 	writers.Wait()
 

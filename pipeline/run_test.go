@@ -75,6 +75,8 @@ func (d committingFake) WriteDeferred(ctx context.Context, msgs []mapper.Message
 	return err
 }
 
+func (d committingFake) DurableUnit() int { return 0 }
+
 func (d committingFake) Flush(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()

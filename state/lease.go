@@ -160,9 +160,19 @@ func (s *localStore) Acquire(ctx context.Context, sync string, holder Holder, _ 
 		}
 		if busy {
 			data, _ := io.ReadAll(io.LimitReader(f, 4096))
+			current, _ := isCurrent(f, path)
 			f.Close()
 			held := &LeaseHeldError{Sync: sync}
-			_ = json.Unmarshal(bytes.TrimSpace(data), &held.Holder)
+			if json.Unmarshal(bytes.TrimSpace(data), &held.Holder) != nil || !current {
+				// Between the holder's lock and its description, or while it releases
+				// the lease (it empties and removes the file): look again shortly.
+				if attempt < 50 {
+					if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
+						return nil, err
+					}
+					continue
+				}
+			}
 			return nil, held
 		}
 		// The holder before us removes the file as it releases it: the lock is ours
@@ -176,7 +186,7 @@ func (s *localStore) Acquire(ctx context.Context, sync string, holder Holder, _ 
 			break
 		}
 		f.Close()
-		if attempt == 100 {
+		if attempt >= 100 {
 			return nil, fmt.Errorf("locking lease %s: the file kept being replaced", path)
 		}
 	}
@@ -400,5 +410,17 @@ func removeEmptyDirs(dir, root string) {
 			return
 		}
 		dir = parent
+	}
+}
+
+// sleepCtx waits d or until ctx is done.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }

@@ -323,6 +323,9 @@ func runRejectsRetry(cmd *cobra.Command, g *globalOptions, o rejectsRetryOptions
 	if errors.Is(runErr, state.ErrNoRejects) {
 		return noRejectsError(s.Name, runID, runIDs(runs))
 	}
+	if rep == nil {
+		return runErr // another run holds the sync's lease: nothing was done
+	}
 	if o.report != "" {
 		b, err := json.MarshalIndent(rep, "", "  ")
 		if err == nil {

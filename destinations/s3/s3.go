@@ -508,6 +508,9 @@ func (d *Destination) abortOnError(o *object, err error) error {
 // Flush completes the open object. It returns nil only when every accepted message is
 // in a completed object, after the durable funcs of every WriteDeferred were called.
 // An object with no message is not written.
+// DurableUnit is max_object_rows: an object's rows become durable together.
+func (d *Destination) DurableUnit() int { return int(min(d.maxRows, 1<<30)) }
+
 func (d *Destination) Flush(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
