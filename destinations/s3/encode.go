@@ -24,8 +24,9 @@ type encoder interface {
 	release()
 }
 
-// stream is the byte path below an encoder: a buffer, then gzip when asked, then the
-// upload. Writing through a buffer keeps the calls into gzip and the upload few and large.
+// stream is the byte path below an encoder: a buffer, then gzip when asked (on its own
+// goroutine, see asyncGzip), then the upload. Writing through a buffer keeps the calls
+// into gzip and the upload few and large.
 type stream struct {
 	bw *bufio.Writer
 	gz io.WriteCloser // nil without compression
@@ -36,7 +37,7 @@ const streamBuffer = 64 << 10
 func newStream(sink io.Writer, gzip bool) *stream {
 	s := &stream{}
 	if gzip {
-		s.gz = newGzipWriter(sink)
+		s.gz = newAsyncGzip(sink)
 		s.bw = bufio.NewWriterSize(s.gz, streamBuffer)
 	} else {
 		s.bw = bufio.NewWriterSize(sink, streamBuffer)
@@ -55,7 +56,8 @@ func (s *stream) finish() error {
 }
 
 func (s *stream) release() {
-	// The sink drops writes once aborted; finishing releases gzip's state cleanly.
+	// The sink drops writes once aborted; finishing stops the gzip goroutine and
+	// releases its state cleanly.
 	_ = s.finish()
 }
 

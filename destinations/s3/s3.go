@@ -118,12 +118,14 @@ type object struct {
 	waiting int64
 }
 
-// discard aborts the upload of o, then releases its encoder. In that order: what the
-// encoder still holds (a Parquet row group, a gzip trailer) is dropped, not uploaded.
+// discard aborts the upload of o and releases its encoder. The upload drops writes
+// first, so what the encoder still holds (a Parquet row group, a gzip trailer, chunks
+// queued for compression) is dropped, not uploaded; the rest of the abort waits until
+// the encoder, and its gzip goroutine, stopped writing.
 func (o *object) discard() error {
-	err := o.up.abort()
+	o.up.stop()
 	o.enc.release()
-	return err
+	return o.up.abort()
 }
 
 // New builds an s3 destination from its validated config (the destinations.Factory

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -76,8 +77,8 @@ func (p *partPool) put(b []byte) {
 // one part is sent with a single PutObject when it completes. Nothing is visible in the
 // bucket until complete returns nil; abort removes every trace of the upload.
 //
-// It is used by one goroutine at a time (the destination's mutex); only the part
-// uploads run concurrently.
+// It is written by one goroutine at a time (the destination's, or the gzip goroutine of
+// the object's encoder); only the part uploads run concurrently.
 type objectUpload struct {
 	client      s3API
 	bucket, key string
@@ -96,7 +97,9 @@ type objectUpload struct {
 	createTried bool
 	nextPart    int32
 	size        int64 // bytes written so far
-	discard     bool  // aborted: writes are dropped (lets encoders release their resources)
+	// dropping says the upload is being aborted: writes are dropped (lets encoders,
+	// and the gzip goroutine, release their resources). Set from any goroutine.
+	dropping atomic.Bool
 
 	wg    sync.WaitGroup
 	mu    sync.Mutex // guards parts and err, set by the part goroutines
@@ -135,11 +138,11 @@ func (u *objectUpload) fail(err error) {
 
 // Write copies p into part buffers, starting the upload of each one that fills.
 func (u *objectUpload) Write(p []byte) (int, error) {
-	if u.discard {
-		return len(p), nil
-	}
 	n := 0
 	for len(p) > 0 {
+		if u.dropping.Load() {
+			return n + len(p), nil
+		}
 		if err := u.failed(); err != nil {
 			return n, err
 		}
@@ -263,13 +266,21 @@ func (u *objectUpload) complete() error {
 // may have been cancelled.
 const abortTimeout = 30 * time.Second
 
+// stop makes the upload drop every later write and cancels its requests, so that a
+// writer blocked in it (the gzip goroutine waiting for a part buffer) returns. It may
+// be called from any goroutine; abort follows once nothing writes any more.
+func (u *objectUpload) stop() {
+	u.dropping.Store(true)
+	u.cancel(errAborted)
+}
+
 // abort stops the part uploads and deletes every uploaded part, so that nothing of the
 // object remains in the bucket. It returns an error only when the clean-up failed (the
 // error names the upload id, for a manual AbortMultipartUpload or a lifecycle rule).
+// Nothing may write to u during or after abort but to be dropped.
 func (u *objectUpload) abort() error {
-	u.cancel(errAborted)
+	u.stop()
 	u.wg.Wait()
-	u.discard = true
 	u.pool.put(u.buf)
 	u.buf = nil
 	if !u.createTried {
