@@ -11,8 +11,12 @@ import (
 // TestNotifyValidation checks every problem a notify entry or serve.public_url can have,
 // at its path, one problem each.
 func TestNotifyValidation(t *testing.T) {
-	slack := func() map[string]any { return map[string]any{"type": "slack", "url": "https://hooks.slack.com/services/T0/B0/xyz"} }
-	hook := func() map[string]any { return map[string]any{"type": "webhook", "url": "https://ops.example.com/backflow"} }
+	slack := func() map[string]any {
+		return map[string]any{"type": "slack", "url": "https://hooks.slack.com/services/T0/B0/xyz"}
+	}
+	hook := func() map[string]any {
+		return map[string]any{"type": "webhook", "url": "https://ops.example.com/backflow"}
+	}
 	const n0, s0 = "notify[0]", "syncs[0].notify[0]"
 	tests := []struct {
 		name      string
