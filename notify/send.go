@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/backflowhq/backflow/config"
@@ -60,6 +61,12 @@ type target struct {
 	// label names the entry in logs: its config path, type and host — never the URL,
 	// whose path or query is often the credential.
 	label string
+
+	mu sync.Mutex
+	// tail is closed when the last notification handed to this target is done: each
+	// waits for the one before, so that a receiver gets a run's events in order
+	// (run.started before run.failed) and one slow receiver holds one goroutine chain.
+	tail chan struct{}
 }
 
 func newTarget(e config.Notify, path string) *target {
@@ -81,11 +88,19 @@ type event struct {
 	summary                              string // counts, for Slack
 }
 
-// send delivers evs to t, in order, in the background.
+// send delivers evs to t in the background, in order, after what was sent to t before.
 func (n *Notifier) send(t *target, evs []event) {
 	n.pending.Add(1)
+	t.mu.Lock()
+	prev, done := t.tail, make(chan struct{})
+	t.tail = done
+	t.mu.Unlock()
 	go func() {
 		defer n.pending.Done()
+		defer close(done)
+		if prev != nil {
+			<-prev
+		}
 		for _, ev := range evs {
 			n.deliver(t, ev)
 		}

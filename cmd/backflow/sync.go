@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -11,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/backflowhq/backflow/destinations/all"
+	"github.com/backflowhq/backflow/notify"
 	"github.com/backflowhq/backflow/pipeline"
 )
 
@@ -66,6 +68,14 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 		bar = newProgressBar(g.stderr, s.Name)
 		obs = bar
 	}
+	// Notifications: none for a dry run. run.started goes out before the run, with the
+	// run's id; the run's end is judged against the history before the report joins it.
+	var notifier *notify.Notifier
+	if !o.dryRun {
+		notifier = notify.New(notify.Options{Config: cfg, History: store, Logger: logger})
+	}
+	runID := pipeline.NewRunID(time.Now())
+	notifier.Started(s.Name, runID)
 	rep, runErr := pipeline.Run(ctx, pipeline.Options{
 		Config:   cfg,
 		Sync:     s,
@@ -78,6 +88,7 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 		Stdout:   g.stdout,
 		Version:  version,
 		Grace:    o.grace,
+		RunID:    runID,
 	})
 	if bar != nil {
 		bar.finish()
@@ -85,7 +96,8 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 	if !o.dryRun && rep != nil && (runErr == nil || exitCode(runErr) != exitUsage) {
 		// The report joins the sync's run history, which `serve` shows in GET /syncs: runs
 		// started from the command line or a CronJob are listed with scheduled ones. A
-		// configuration error (exit 2) writes nothing.
+		// configuration error (exit 2) writes nothing, and notifies nothing.
+		notifier.Finished(context.WithoutCancel(ctx), rep)
 		if b, err := json.Marshal(rep); err == nil {
 			if err := store.AppendHistory(ctx, s.Name, b, cfg.Serve.History); err != nil {
 				logger.Warn("recording the run in the history", "error", err)
@@ -110,6 +122,13 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 	} else {
 		fmt.Fprintln(g.stderr, scrub(summary(rep), g))
 	}
+	// The notifications in flight may delay the exit, by MaxDelay at most (every attempt
+	// timing out); they never change the exit code.
+	waitCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), notifier.MaxDelay())
+	if err := notifier.Wait(waitCtx); err != nil {
+		logger.Warn("not waiting any longer for notifications", "waited", notifier.MaxDelay().String())
+	}
+	cancel()
 	if runErr != nil {
 		return runErr
 	}
