@@ -40,7 +40,7 @@ const (
 	// DefaultAttempts is how many times a notification is tried.
 	DefaultAttempts = 3
 	// DefaultBackoff is the wait before the second attempt; it doubles after each one.
-	DefaultBackoff = 500 * time.Millisecond
+	DefaultBackoff = 250 * time.Millisecond
 	// historyTimeout bounds reading the previous run from the history.
 	historyTimeout = 10 * time.Second
 )
