@@ -71,9 +71,19 @@ func applyDefaults(c *Config, isSet func(path string) bool) {
 	num("serve.history", &c.Serve.History, DefaultHistory)
 	dur("serve.shutdown_grace", &c.Serve.ShutdownGrace, DefaultShutdownGrace)
 
+	notify := func(np string, ns []Notify) {
+		for j := range ns {
+			if len(ns[j].On) == 0 && !isSet(indexPath(np, j)+".on") {
+				ns[j].On = DefaultNotifyOn()
+			}
+		}
+	}
+	notify("notify", c.Notify)
+
 	for i := range c.Syncs {
 		s := &c.Syncs[i]
 		sp := indexPath("syncs", i)
+		notify(sp+".notify", s.Notify)
 		str(&s.Source.Include, DefaultInclude)
 		str(&s.Source.Partition, PartitionAll)
 		str(&s.Source.S3.Auth.Mode, AuthDefault)

@@ -29,7 +29,25 @@ const (
 
 	CompressionNone = "none"
 	CompressionGzip = "gzip"
+
+	NotifySlack   = "slack"
+	NotifyWebhook = "webhook"
+
+	// The events a notify entry may subscribe to (`on:`).
+	NotifyStarted   = "started"
+	NotifySucceeded = "succeeded"
+	NotifyPartial   = "partial"
+	NotifyFailed    = "failed"
+	NotifyRecovered = "recovered"
 )
+
+// NotifyEvents are the values `on:` accepts, in the order a run raises them.
+func NotifyEvents() []string {
+	return []string{NotifyStarted, NotifySucceeded, NotifyPartial, NotifyFailed, NotifyRecovered}
+}
+
+// DefaultNotifyOn is what a notify entry without `on:` subscribes to.
+func DefaultNotifyOn() []string { return []string{NotifyFailed, NotifyRecovered} }
 
 // DefaultPath is the config file used when neither -c nor BACKFLOW_CONFIG names one
 // (the command line picks the file).

@@ -10,8 +10,8 @@ import (
 const Redacted = "REDACTED"
 
 // Secrets returns every secret value of the configuration: write keys, secret access
-// keys, session tokens, external ids, webhook header values, and every value that came
-// from a ${VAR} expansion. Empty values are left out. Longest first, so that a secret
+// keys, session tokens, external ids, webhook header values, notification URLs and
+// signing secrets, and every value that came from a ${VAR} expansion. Empty values are left out. Longest first, so that a secret
 // containing another is redacted whole.
 func (c *Config) Secrets() []string {
 	var out []string
@@ -25,7 +25,14 @@ func (c *Config) Secrets() []string {
 	auth := func(a Auth) { add(a.SecretAccessKey, a.SessionToken, a.ExternalID) }
 	add(c.expanded...)
 	auth(c.State.S3.Auth)
+	notify := func(ns []Notify) {
+		for _, n := range ns {
+			add(n.URL, n.Secret)
+		}
+	}
+	notify(c.Notify)
 	for _, s := range c.Syncs {
+		notify(s.Notify)
 		auth(s.Source.S3.Auth)
 		for _, d := range s.Destinations {
 			add(d.WriteKey)

@@ -9,6 +9,8 @@ type Config struct {
 	State StateConfig `mapstructure:"state"`
 	Serve ServeConfig `mapstructure:"serve"`
 	Syncs []Sync      `mapstructure:"syncs"`
+	// Notify are told about the runs of every sync.
+	Notify []Notify `mapstructure:"notify"`
 
 	// Dir is the directory holding the config file; relative local paths
 	// (state, sources, file destinations) are resolved against it by Load.
@@ -38,6 +40,9 @@ type ServeConfig struct {
 	History int `mapstructure:"history"`
 	// ShutdownGrace bounds how long in-flight runs may take to checkpoint on SIGTERM.
 	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
+	// PublicURL is where people reach serve's status page (http(s)://host[/prefix]);
+	// notifications link to the sync's page below it. Empty: no link.
+	PublicURL string `mapstructure:"public_url"`
 }
 
 // S3Options are the connection settings shared by S3 sources, S3 state and the s3 destination.
@@ -67,6 +72,17 @@ type Sync struct {
 	Mode         string        `mapstructure:"mode"` // incremental | full | diff
 	Schedule     Schedule      `mapstructure:"schedule"`
 	Destinations []Destination `mapstructure:"destinations"`
+	// Notify are told about this sync's runs, in addition to the top-level ones.
+	Notify []Notify `mapstructure:"notify"`
+}
+
+// Notify is one place told what happened to runs: a Slack incoming webhook or a JSON
+// webhook. Fields not used by Type are rejected by validation.
+type Notify struct {
+	Type   string   `mapstructure:"type"`   // slack | webhook
+	URL    string   `mapstructure:"url"`    // secret: an incoming-webhook URL is a credential
+	Secret string   `mapstructure:"secret"` // webhook only, optional; secret: signs the body
+	On     []string `mapstructure:"on"`     // events among Notify* names; default [failed, recovered]
 }
 
 // Source is where the Parquet files are.

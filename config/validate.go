@@ -48,6 +48,7 @@ func validate(c *Config, p *problems, isSet func(string) bool) {
 	v := &validator{p: p, isSet: isSet}
 	v.state(c)
 	v.serve(c.Serve)
+	v.notify("notify", c.Notify)
 	if len(c.Syncs) == 0 {
 		v.p.check("syncs", "at least one sync is required")
 	}
@@ -73,6 +74,7 @@ func validate(c *Config, p *problems, isSet func(string) bool) {
 		v.oneOf(sp+".mode", s.Mode, ModeIncremental, ModeFull, ModeDiff)
 		v.schedule(sp+".schedule", s.Schedule)
 		v.destinations(sp+".destinations", s.Destinations, files)
+		v.notify(sp+".notify", s.Notify)
 	}
 }
 
@@ -116,6 +118,42 @@ func (v *validator) serve(s ServeConfig) {
 	}
 	if s.ShutdownGrace <= 0 {
 		v.p.check("serve.shutdown_grace", "must be a positive duration")
+	}
+	if s.PublicURL != "" {
+		if u, err := url.Parse(s.PublicURL); err != nil || !isHTTPURL(s.PublicURL) || u.RawQuery != "" || u.Fragment != "" {
+			v.p.check("serve.public_url", "must be an http:// or https:// URL without query or fragment, such as https://backflow.example.com")
+		}
+	}
+}
+
+// notify checks the notify entries listed at np.
+func (v *validator) notify(np string, ns []Notify) {
+	for i, n := range ns {
+		ip := indexPath(np, i)
+		typeOK := v.oneOf(ip+".type", n.Type, NotifySlack, NotifyWebhook)
+		switch {
+		case n.URL == "":
+			v.p.check(ip+".url", "is required")
+		case !isHTTPURL(n.URL):
+			v.p.check(ip+".url", "must be an http:// or https:// URL")
+		}
+		if typeOK && n.Type != NotifyWebhook && (n.Secret != "" || v.isSet(ip+".secret")) {
+			v.p.check(ip+".secret", "only used by type webhook (Slack incoming webhooks are not signed)")
+		}
+		if len(n.On) == 0 {
+			v.p.check(ip+".on", "must name at least one event: "+strings.Join(NotifyEvents(), ", "))
+		}
+		seen := map[string]bool{}
+		for j, ev := range n.On {
+			ep := indexPath(ip+".on", j)
+			if !v.oneOf(ep, ev, NotifyEvents()...) {
+				continue
+			}
+			if seen[ev] {
+				v.p.check(ep, fmt.Sprintf("%q is listed twice", ev))
+			}
+			seen[ev] = true
+		}
 	}
 }
 

@@ -42,6 +42,9 @@ type Options struct {
 	Version string
 	// RunID names the run; a new one is made when empty.
 	RunID string
+	// Started, when set, is called once the run holds the sync's lease, before it lists
+	// anything (a dry run, which takes no lease, calls it at once).
+	Started func()
 	// Wait is how long to wait for the sync's lease when another run holds it (0: fail
 	// at once, naming the holder).
 	Wait time.Duration
@@ -225,6 +228,9 @@ func (r *run) run(ctx context.Context) error {
 		}()
 	}
 
+	if opts.Started != nil {
+		opts.Started()
+	}
 	src, err := reader.NewSource(ctx, r.sync.Source)
 	if err != nil {
 		return fmt.Errorf("opening source %s: %w", r.sync.Source.URL, err)

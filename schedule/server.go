@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/notify"
 	"github.com/backflowhq/backflow/pipeline"
 	"github.com/backflowhq/backflow/state"
 )
@@ -79,6 +80,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock (tests); nil is time.Now.
 	Now func() time.Time
+	// Notifier is told when each run starts and ends (nil: no notifications). It sends
+	// in the background: the scheduler never waits for a receiver.
+	Notifier *notify.Notifier
 }
 
 // Server runs syncs on their schedules and serves serve's HTTP endpoints. Build it
@@ -93,6 +97,7 @@ type Server struct {
 	now     func() time.Time
 	metrics *metrics
 	handler http.Handler
+	notify  *notify.Notifier
 
 	syncs  []*syncState // config order
 	byName map[string]*syncState
@@ -162,6 +167,7 @@ func NewServer(opts Options) (*Server, error) {
 		now:     opts.Now,
 		byName:  make(map[string]*syncState, len(opts.Syncs)),
 		force:   make(chan struct{}),
+		notify:  opts.Notifier,
 	}
 	if opts.MaxConcurrentRuns == 0 {
 		opts.MaxConcurrentRuns = DefaultMaxConcurrentRuns
@@ -281,6 +287,7 @@ func (s *Server) execute(st *syncState, cur *current, haveSlot bool) {
 
 	s.metrics.inProgress.WithLabelValues(st.name).Inc()
 	log.Info("run started", "trigger", cur.trigger, "full", cur.full)
+	s.notify.Started(st.name, cur.id)
 	began := time.Now()
 	rep, err := s.call(withRunID(s.runCtx, cur.id), st.name, cur.full)
 	elapsed := time.Since(began)
@@ -308,6 +315,8 @@ func (s *Server) execute(st *syncState, cur *current, haveSlot bool) {
 	st.cur = nil
 	s.mu.Unlock()
 
+	// Judged against the stored history before this report joins it (under histMu).
+	s.notify.Finished(s.hardCtx, r)
 	if s.store != nil {
 		ctx, cancel := context.WithTimeout(s.hardCtx, historyTimeout)
 		if err := s.store.AppendHistory(ctx, st.name, b, s.history); err != nil {

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/backflowhq/backflow/destinations/all"
+	"github.com/backflowhq/backflow/notify"
 	"github.com/backflowhq/backflow/pipeline"
 	"github.com/backflowhq/backflow/schedule"
 )
@@ -71,6 +72,7 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 			Grace:    deliverGrace,
 		})
 	}
+	notifier := notify.New(notify.Options{Config: cfg, History: store, Logger: logger})
 	srv, err = schedule.NewServer(schedule.Options{
 		Syncs:             cfg.Syncs,
 		Run:               runSync,
@@ -79,6 +81,7 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 		History:           cfg.Serve.History,
 		ShutdownGrace:     cfg.Serve.ShutdownGrace,
 		Logger:            logger,
+		Notifier:          notifier,
 	})
 	if err != nil {
 		return &usageError{err}
@@ -87,5 +90,12 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 	if err != nil {
 		return &usageError{fmt.Errorf("--listen %s: %w", o.listen, err)}
 	}
-	return srv.Run(ctx, ln)
+	err = srv.Run(ctx, ln)
+	// The last runs' notifications may still be in flight: give them MaxDelay at most.
+	waitCtx, cancel := context.WithTimeout(context.Background(), notifier.MaxDelay())
+	if werr := notifier.Wait(waitCtx); werr != nil {
+		logger.Warn("not waiting any longer for notifications", "waited", notifier.MaxDelay().String())
+	}
+	cancel()
+	return err
 }

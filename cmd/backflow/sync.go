@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/backflowhq/backflow/destinations/all"
+	"github.com/backflowhq/backflow/notify"
 	"github.com/backflowhq/backflow/pipeline"
 	"github.com/backflowhq/backflow/state"
 )
@@ -82,6 +83,13 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 		bar = newProgressBar(g.stderr, s.Name)
 		obs = bar
 	}
+	// Notifications: none for a dry run. run.started goes out before the run, with the
+	// run's id; the run's end is judged against the history before the report joins it.
+	var notifier *notify.Notifier
+	if !o.dryRun {
+		notifier = notify.New(notify.Options{Config: cfg, History: store, Logger: logger})
+	}
+	runID := pipeline.NewRunID(time.Now())
 	rep, runErr := pipeline.Run(ctx, pipeline.Options{
 		Config:   cfg,
 		Sync:     s,
@@ -95,6 +103,10 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 		Version:  version,
 		Grace:    o.grace,
 		Wait:     o.wait,
+		RunID:    runID,
+		// run.started goes out once the run holds the sync's lease: a run that finds
+		// another one active did not start.
+		Started: func() { notifier.Started(s.Name, runID) },
 	})
 	if bar != nil {
 		bar.finish()
@@ -109,7 +121,8 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 	if !o.dryRun && rep != nil && (runErr == nil || exitCode(runErr) != exitUsage) {
 		// The report joins the sync's run history, which `serve` shows in GET /syncs: runs
 		// started from the command line or a CronJob are listed with scheduled ones. A
-		// configuration error (exit 2) writes nothing.
+		// configuration error (exit 2) writes nothing, and notifies nothing.
+		notifier.Finished(context.WithoutCancel(ctx), rep)
 		if b, err := json.Marshal(rep); err == nil {
 			hctx, cancel := context.WithTimeout(ctx, time.Minute)
 			err := store.AppendHistory(hctx, s.Name, b, cfg.Serve.History)
@@ -137,6 +150,13 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 	} else {
 		fmt.Fprintln(g.stderr, scrub(summary(rep), g))
 	}
+	// The notifications in flight may delay the exit, by MaxDelay at most (every attempt
+	// timing out); they never change the exit code.
+	waitCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), notifier.MaxDelay())
+	if err := notifier.Wait(waitCtx); err != nil {
+		logger.Warn("not waiting any longer for notifications", "waited", notifier.MaxDelay().String())
+	}
+	cancel()
 	if runErr != nil {
 		return runErr
 	}
