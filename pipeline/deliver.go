@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/backflowhq/backflow/destinations"
 	"github.com/backflowhq/backflow/mapper"
@@ -29,13 +30,20 @@ func (r *run) writer(d int, queue <-chan *batch) {
 			r.writeDeferred(d, def, b)
 			continue
 		}
+		began := time.Now()
 		err := r.dests[d].Write(r.deliverCtx, b.msgs)
+		took := time.Since(began)
 		refused, ok := r.result(d, b, err)
 		if !ok {
 			continue
 		}
-		r.ledger.handled(d, b.spans, len(b.msgs)-len(refused), len(refused))
+		v := r.ledger.handled(d, b.spans, len(b.msgs)-len(refused), len(refused))
 		r.recordHashes(d, b.msgs, refused)
+		// The next batch waits until this one is saved, when that is cheap next to a
+		// batch: a kill then resends at most one batch per writer (saver.waitSaved).
+		if r.saver.worthWaiting(took) {
+			r.saver.waitSaved(v)
+		}
 	}
 }
 

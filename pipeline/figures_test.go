@@ -242,20 +242,32 @@ func TestFigureCheckpointSaves(t *testing.T) {
 		posts.Add(1)
 	}))
 	defer hook.Close()
-	yaml := fmt.Sprintf("syncs:\n  - name: users\n    source: {url: data}\n    mapping: {type: identify, user_id: customer_id}\n    destinations:\n      - {type: webhook, url: %q, batch_size: 500, max_in_flight: 4}\n", hook.URL)
-	cfg, err := config.LoadBytes([]byte(yaml), "yaml", dir, func(string) (string, bool) { return "", false })
-	if err != nil {
-		t.Fatal(err)
+	for _, kind := range []string{"local", "s3"} {
+		t.Run(kind, func(t *testing.T) {
+			stateYAML := "state: {url: state-" + kind + "}\n"
+			if kind == "s3" {
+				m := testutil.StartMinIO(t)
+				o := m.Options()
+				stateYAML = fmt.Sprintf("state: {url: %q, endpoint: %q, path_style: true, region: %q, auth: {mode: keys, access_key_id: %q, secret_access_key: %q}}\n",
+					"s3://"+m.Bucket(t)+"/state", o.Endpoint, o.Region, o.Auth.AccessKeyID, o.Auth.SecretAccessKey)
+			}
+			posts.Store(0)
+			yaml := stateYAML + fmt.Sprintf("syncs:\n  - name: users\n    source: {url: data}\n    mapping: {type: identify, user_id: customer_id}\n    destinations:\n      - {type: webhook, url: %q, batch_size: 500, max_in_flight: 4}\n", hook.URL)
+			cfg, err := config.LoadBytes([]byte(yaml), "yaml", dir, func(string) (string, bool) { return "", false })
+			if err != nil {
+				t.Fatal(err)
+			}
+			store, err := state.Open(context.Background(), cfg.State)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep, err := Run(context.Background(), Options{Config: cfg, Sync: &cfg.Syncs[0], Registry: all.Registry(), Store: store})
+			if err != nil || rep.Rows.Sent != 1_000_000 {
+				t.Fatalf("run: %v, %d sent", err, rep.Rows.Sent)
+			}
+			secs := float64(rep.DurationMS) / 1000
+			t.Logf("%s state: 1M rows to a loopback webhook (batches of 500, 4 in flight): %.2f s (%.0f rows/s), %d POSTs, %d checkpoint saves (%.0f a second, one per %.1f batches)",
+				kind, secs, 1e6/secs, posts.Load(), rep.CheckpointSaves, float64(rep.CheckpointSaves)/secs, float64(posts.Load())/float64(rep.CheckpointSaves))
+		})
 	}
-	store, err := state.Open(context.Background(), cfg.State)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rep, err := Run(context.Background(), Options{Config: cfg, Sync: &cfg.Syncs[0], Registry: all.Registry(), Store: store})
-	if err != nil || rep.Rows.Sent != 1_000_000 {
-		t.Fatalf("run: %v, %d sent", err, rep.Rows.Sent)
-	}
-	secs := float64(rep.DurationMS) / 1000
-	t.Logf("1M rows to a loopback webhook (batches of 500, 4 in flight): %.2f s, %d POSTs, %d checkpoint saves (%.0f a second, one per %.0f batches)",
-		secs, posts.Load(), rep.CheckpointSaves, float64(rep.CheckpointSaves)/secs, float64(posts.Load())/float64(rep.CheckpointSaves))
 }

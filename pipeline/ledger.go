@@ -109,8 +109,9 @@ type span struct {
 }
 
 // handled marks the rows of spans handled for destination d, and counts delivered
-// (acknowledged) and refused messages among them.
-func (l *ledger) handled(d int, spans []span, delivered, refused int) {
+// (acknowledged) and refused messages among them. It returns the ledger's version with
+// the change: a snapshot of that version or later counts them.
+func (l *ledger) handled(d int, spans []span, delivered, refused int) uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.delivered[d] += int64(delivered)
@@ -124,6 +125,7 @@ func (l *ledger) handled(d int, spans []span, delivered, refused int) {
 		l.writeLocked(s.file.entry, d, sets[d])
 	}
 	l.changedLocked()
+	return l.version
 }
 
 // notDelivered counts messages destination d did not take (it failed); their rows stay

@@ -116,6 +116,7 @@ type run struct {
 	ledger    *ledger
 	rejects   *rejectsWriter
 	hashRec   *hashRecorder
+	saver     *saver
 
 	// readCtx ends reading: a signal, or fail. deliverCtx bounds writes: it outlives a
 	// signal by Grace.
@@ -534,6 +535,13 @@ func (r *run) execute(ctx context.Context, src reader.Source, toRead []*state.Fi
 	}()
 	defer close(finished)
 
+	// The saver first: writers wait on it.
+	sv := &saver{ledger: r.ledger, rejects: r.rejects, store: r.opts.Store, sync: r.sync.Name, saves: &r.saves, now: r.opts.Now}
+	if !r.opts.DryRun {
+		sv.start(deliverCtx, r.fail)
+	}
+	r.saver = sv
+
 	// Writers: max_in_flight per destination, each taking batches from its outbox.
 	var writers sync.WaitGroup
 	r.outboxes = make([]*outbox, len(r.dests)) // none in a dry run
@@ -561,10 +569,6 @@ func (r *run) execute(ctx context.Context, src reader.Source, toRead []*state.Fi
 		r.hashRec = newHashRecorder(r.diff.store, r.deliverCtx, r.fail)
 	}
 
-	sv := &saver{ledger: r.ledger, rejects: r.rejects, store: r.opts.Store, sync: r.sync.Name, saves: &r.saves, now: r.opts.Now}
-	if !r.opts.DryRun {
-		sv.start(deliverCtx, r.fail)
-	}
 
 	r.read(src, toRead)
 

@@ -29,6 +29,14 @@ type saver struct {
 	savedAt uint64
 	everSet bool
 
+	// Writers wait for the save that counts their last acknowledgement (waitSaved).
+	cond    *sync.Cond // on condMu; broadcast after every save and when the loop ends
+	condMu  sync.Mutex
+	durable uint64 // the version of the last successful save
+	ended   bool   // the loop ended (stopped or failed): nobody waits any more
+	// lastTook is how long the last save took (nanoseconds).
+	lastTook atomic.Int64
+
 	quit chan struct{}
 	done chan struct{}
 }
@@ -38,8 +46,15 @@ type saver struct {
 func (s *saver) start(ctx context.Context, fail func(error)) {
 	s.quit = make(chan struct{})
 	s.done = make(chan struct{})
+	s.cond = sync.NewCond(&s.condMu)
 	go func() {
 		defer close(s.done)
+		defer func() {
+			s.condMu.Lock()
+			s.ended = true
+			s.condMu.Unlock()
+			s.cond.Broadcast()
+		}()
 		for {
 			select {
 			case <-s.quit:
@@ -64,6 +79,7 @@ func (s *saver) stop() {
 }
 
 // save writes the ledger's snapshot unless nothing changed since the last save.
+// (The final save, after the loop, needs no broadcast: no writer is left.)
 func (s *saver) save(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -72,6 +88,8 @@ func (s *saver) save(ctx context.Context) error {
 		return nil
 	}
 	snap.UpdatedAt = s.now().UTC()
+	began := time.Now()
+	defer func() { s.lastTook.Store(int64(time.Since(began))) }()
 	if err := s.rejects.flush(ctx); err != nil {
 		return fmt.Errorf("writing rejects file: %w", err)
 	}
@@ -84,5 +102,41 @@ func (s *saver) save(ctx context.Context) error {
 	s.ledger.saved(snap.Generation)
 	s.savedAt, s.everSet = version, true
 	s.saves.Add(1)
+	if s.cond != nil {
+		s.condMu.Lock()
+		s.durable = version
+		s.condMu.Unlock()
+		s.cond.Broadcast()
+	}
 	return nil
+}
+
+// worthWaiting tells whether a writer whose batch took took should wait for the save
+// that counts it before taking the next batch: when a save costs at most a tenth of a
+// batch's write (a local state directory with a remote API), waiting bounds what a kill
+// resends to exactly the batches in flight for at most a tenth of the throughput; when
+// saves are dearer (s3:// state with a fast destination), the writer goes on, and a kill
+// also resends the batches acknowledged while the last save was written (SPEC.md counts
+// them as in flight).
+func (s *saver) worthWaiting(took time.Duration) bool {
+	return s != nil && s.cond != nil && 10*time.Duration(s.lastTook.Load()) <= took
+}
+
+// waitSaved returns once a saved checkpoint counts the ledger's version v (or the loop
+// ended). A writer calls it before it takes its next batch when worthWaiting, so that
+// what a kill can make the next run resend is bounded by max_in_flight batches per
+// destination: each writer has either a request in flight or an acknowledgement not yet
+// saved, never both. Group commit keeps the cost low: one save counts the
+// acknowledgements of every writer that arrived while the previous one was written.
+// The wait always ends: the ledger's change woke the loop, which saves it, or fails and
+// ends (a save under a cancelled context fails too).
+func (s *saver) waitSaved(v uint64) {
+	if s == nil || s.cond == nil {
+		return
+	}
+	s.condMu.Lock()
+	defer s.condMu.Unlock()
+	for s.durable < v && !s.ended {
+		s.cond.Wait()
+	}
 }
