@@ -10,7 +10,7 @@ import (
 const Redacted = "REDACTED"
 
 // Secrets returns every secret value of the configuration: write keys, secret access
-// keys, session tokens, external ids, webhook header values, and every value that came
+// keys, session tokens, external ids, webhook header values, serve's auth token, and every value that came
 // from a ${VAR} expansion. Empty values are left out. Longest first, so that a secret
 // containing another is redacted whole.
 func (c *Config) Secrets() []string {
@@ -24,6 +24,7 @@ func (c *Config) Secrets() []string {
 	}
 	auth := func(a Auth) { add(a.SecretAccessKey, a.SessionToken, a.ExternalID) }
 	add(c.expanded...)
+	add(c.Serve.AuthToken)
 	auth(c.State.S3.Auth)
 	for _, s := range c.Syncs {
 		auth(s.Source.S3.Auth)

@@ -35,6 +35,9 @@ type ServeConfig struct {
 	History int `mapstructure:"history"`
 	// ShutdownGrace bounds how long in-flight runs may take to checkpoint on SIGTERM.
 	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
+	// AuthToken, when set, protects every endpoint but /healthz (Bearer, or basic auth
+	// with the token as password). A secret: give it as ${VAR}.
+	AuthToken string `mapstructure:"auth_token"`
 }
 
 // S3Options are the connection settings shared by S3 sources, S3 state and the s3 destination.

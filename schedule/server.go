@@ -79,6 +79,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock (tests); nil is time.Now.
 	Now func() time.Time
+	// AuthToken, when set, is required by every endpoint but /healthz (see auth.go).
+	AuthToken string
 }
 
 // Server runs syncs on their schedules and serves serve's HTTP endpoints. Build it
@@ -92,6 +94,7 @@ type Server struct {
 	log     *slog.Logger
 	now     func() time.Time
 	metrics *metrics
+	live    map[string]*liveRun // by sync name; what the status page shows of a run in progress
 	handler http.Handler
 
 	syncs  []*syncState // config order
@@ -204,13 +207,14 @@ func NewServer(opts Options) (*Server, error) {
 	for _, st := range s.syncs {
 		s.metrics.nextRun.WithLabelValues(st.name).Set(unixSeconds(st.next))
 	}
-	s.handler = s.newHandler()
+	s.live = newLiveRuns(opts.Syncs)
+	s.handler = protect(s.newHandler(), opts.AuthToken, s.log)
 	return s, nil
 }
 
 // Observer is the metrics side of the server: pass it to the pipeline so that rows read
 // and batches in flight show in /metrics while runs progress.
-func (s *Server) Observer() pipeline.Observer { return observer{s.metrics} }
+func (s *Server) Observer() pipeline.Observer { return observer{s.metrics, s.live} }
 
 // Handler serves /healthz, /metrics, /syncs, /syncs/{name} and POST /syncs/{name}/run.
 // Run serves it on its listener; it is exported for embedding and tests.
@@ -280,6 +284,7 @@ func (s *Server) execute(st *syncState, cur *current, haveSlot bool) {
 	}
 
 	s.metrics.inProgress.WithLabelValues(st.name).Inc()
+	s.live[st.name].begin(cur.id, time.Now())
 	log.Info("run started", "trigger", cur.trigger, "full", cur.full)
 	began := time.Now()
 	rep, err := s.call(withRunID(s.runCtx, cur.id), st.name, cur.full)
@@ -419,11 +424,7 @@ func (s *Server) Run(ctx context.Context, listener net.Listener) error {
 	s.mu.Unlock()
 	defer s.cancelHard()
 
-	hs := &http.Server{
-		Handler:           s.handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	}
+	hs := newHTTPServer(s.handler, s.log)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(listener) }()
 	s.log.Info("serving", "addr", listener.Addr().String(), "syncs", len(s.syncs),
