@@ -10,8 +10,13 @@
   function ok(r) { if (!r.ok) throw new Error(r.status); return r; }
   function refresh() {
     return fetch(page, {cache: "no-store"}).then(ok).then(function (r) { return r.text(); }).then(function (t) {
-      var doc = new DOMParser().parseFromString(t, "text/html"), m = doc.querySelector("main");
-      if (m) { document.querySelector("main").replaceWith(m); gen = doc.body.dataset.gen; fetched = Date.now(); }
+      // Only <main> is parsed: the new page's <style> and <script> carry another nonce.
+      var a = t.indexOf("<main>"), b = t.lastIndexOf("</main>"), g = /data-gen="([^"]*)"/.exec(t);
+      if (a < 0 || b < a || !g) return;
+      var tpl = document.createElement("template");
+      tpl.innerHTML = t.slice(a, b + 7);
+      document.querySelector("main").replaceWith(tpl.content.firstElementChild);
+      gen = g[1]; fetched = Date.now();
     });
   }
   function show(d) {
