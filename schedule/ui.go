@@ -594,10 +594,11 @@ func acceptsGzip(r *http.Request) bool {
 	return false
 }
 
+// newNonce is a CSP nonce, in hex: nothing html/template would escape in the attribute.
 func newNonce() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
-	return hex.EncodeToString(b[:]) // hex: nothing html/template would escape in the attribute
+	return hex.EncodeToString(b[:])
 }
 
 // ---- formatting ----

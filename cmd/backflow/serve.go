@@ -103,12 +103,17 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 	if err != nil {
 		return &usageError{err}
 	}
-	if token == "" {
-		logger.Warn("the HTTP endpoints have no authentication: set serve.auth_token or --auth-token-file", "listen", o.listen)
-	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return &usageError{fmt.Errorf("--listen %s: %w", o.listen, err)}
+	}
+	if token == "" {
+		const msg = "the HTTP endpoints have no authentication: set serve.auth_token or --auth-token-file"
+		if o.insecureListen && requireLoopback(ctx, o.listen) != nil {
+			logger.Warn(msg, "listen", o.listen, "insecure_listen", true)
+		} else {
+			logger.Info(msg, "listen", o.listen)
+		}
 	}
 	return srv.Run(ctx, ln)
 }

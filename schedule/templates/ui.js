@@ -5,8 +5,11 @@
   "use strict";
   var gen = document.body.dataset.gen, sync = document.body.dataset.sync;
   var live = "/ui/live" + (sync ? "?sync=" + encodeURIComponent(sync) : "");
-  var page = location.pathname, fetched = Date.now();
-  if (location.search) history.replaceState(null, "", page); // a reload must not repeat the notice
+  // The notice after a button (?started=…) is shown once: reloads and refreshes drop it.
+  var q = new URLSearchParams(location.search);
+  ["started", "queued", "running", "stopping", "failed", "full", "sync"].forEach(function (k) { q.delete(k); });
+  var page = location.pathname + (String(q) ? "?" + q : ""), fetched = Date.now();
+  if (page !== location.pathname + location.search) history.replaceState(null, "", page);
   function ok(r) { if (!r.ok) throw new Error(r.status); return r; }
   function refresh() {
     return fetch(page, {cache: "no-store"}).then(ok).then(function (r) { return r.text(); }).then(function (t) {
