@@ -73,13 +73,14 @@ func mustPage(name string) *template.Template {
 }
 
 var uiFuncs = template.FuncMap{
-	"num":   formatCount,
-	"dur":   formatDuration,
-	"ts":    func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
-	"iso":   func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
-	"rel":   formatRelative,
-	"runs":  func(runs []runView, withSync bool) runsTable { return runsTable{runs, withSync} },
-	"isoOK": func(t time.Time) bool { return !t.IsZero() },
+	"num":     formatCount,
+	"dur":     formatDuration,
+	"ts":      func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
+	"iso":     func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+	"tsShort": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05") },
+	"rel":     formatRelative,
+	"runs":    func(runs []runView, withSync bool) runsTable { return runsTable{runs, withSync} },
+	"isoOK":   func(t time.Time) bool { return !t.IsZero() },
 	"runForm": func(sync string, full, disabled bool, back string) runForm {
 		return runForm{sync, full, disabled, back}
 	},
