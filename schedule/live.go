@@ -130,13 +130,19 @@ func (s LiveRun) Progress() float64 {
 	return min(float64(s.BytesRead)/float64(s.BytesPlanned), 1)
 }
 
-// Rate is rows read per second since the run started.
-func (s LiveRun) Rate(now time.Time) float64 {
-	el := now.Sub(s.Started).Seconds()
+// Rate is rows read per second since the run started. Reading runs ahead of delivery
+// by the bounded queues, so early in a run it is far above SendRate.
+func (s LiveRun) Rate(now time.Time) float64 { return perSecond(s.RowsRead, s.Started, now) }
+
+// SendRate is rows sent (RowsSent) per second since the run started.
+func (s LiveRun) SendRate(now time.Time) float64 { return perSecond(s.RowsSent(), s.Started, now) }
+
+func perSecond(n int64, since, now time.Time) float64 {
+	el := now.Sub(since).Seconds()
 	if el <= 0 {
 		return 0
 	}
-	return float64(s.RowsRead) / el
+	return float64(n) / el
 }
 
 // The liveRun side of the observer (metrics.go): a few atomic additions per call.

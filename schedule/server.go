@@ -216,7 +216,8 @@ func NewServer(opts Options) (*Server, error) {
 // and batches in flight show in /metrics while runs progress.
 func (s *Server) Observer() pipeline.Observer { return observer{s.metrics, s.live} }
 
-// Handler serves /healthz, /metrics, /syncs, /syncs/{name} and POST /syncs/{name}/run.
+// Handler serves /healthz, /metrics, /syncs, /syncs/{name}, POST /syncs/{name}/run and
+// the status page (/, /ui/...), behind the token when there is one (auth.go).
 // Run serves it on its listener; it is exported for embedding and tests.
 func (s *Server) Handler() http.Handler { return s.handler }
 

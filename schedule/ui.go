@@ -437,7 +437,8 @@ func (s *Server) liveView(ss SyncStatus) liveView {
 		"elapsed":   formatDuration(now.Sub(snap.Started)),
 		"rows_read": formatCount(snap.RowsRead),
 		"rows_sent": formatCount(snap.RowsSent()),
-		"rate":      formatCount(int64(snap.Rate(now))) + " rows/s",
+		"rate":      formatCount(int64(snap.SendRate(now))) + " rows/s",
+		"read_rate": formatCount(int64(snap.Rate(now))) + " rows/s",
 		"read":      formatBytes(snap.BytesRead),
 		"progress":  "",
 	}

@@ -160,7 +160,7 @@ func TestStatusPage(t *testing.T) {
 	var live liveResponse
 	getOK(t, ts.url+"/ui/live").json(t, &live)
 	if !live.Running || live.Live["users"]["rows_read"] != "1,500" || live.Live["users"]["d.hook.inflight"] != "1" ||
-		live.Live["users"]["progress"] != "0.250" || !strings.HasSuffix(live.Live["users"]["rate"], " rows/s") {
+		live.Live["users"]["progress"] != "0.250" || !strings.HasSuffix(live.Live["users"]["rate"], " rows/s") || !strings.HasSuffix(live.Live["users"]["read_rate"], " rows/s") {
 		t.Fatalf("GET /ui/live: %+v", live)
 	}
 	if _, ok := live.Live["orders"]; ok {
