@@ -448,7 +448,9 @@ func (s *Server) liveView(ss SyncStatus) liveView {
 	if snap.FilesPlanned < 0 {
 		f["files"] = "listing and planning"
 	} else {
-		f["files"] = fmt.Sprintf("%s of %s files, %s of %s", formatCount(snap.FilesRead), formatCount(snap.FilesPlanned),
+		// A file's bytes count once its rows are handed to the destinations: rows
+		// read run ahead of them by the bounded queues.
+		f["files"] = fmt.Sprintf("%s of %s files done, %s of %s", formatCount(snap.FilesRead), formatCount(snap.FilesPlanned),
 			formatBytes(snap.BytesRead), formatBytes(snap.BytesPlanned))
 	}
 	v := liveView{Fields: f}

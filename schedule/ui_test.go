@@ -155,7 +155,7 @@ func TestStatusPage(t *testing.T) {
 		p := getOK(t, ts.url+path)
 		mustContain(t, path, p.body, `id="live-users"`, `<span class="badge running">running</span>`,
 			`data-k="rows_read">1,500<`, `data-k="rows_sent">1,200<`, `data-k="d.segment.delivered">1,200<`,
-			`data-k="d.hook.inflight">1<`, `data-k="files">1 of 2 files`, `value="0.250"`, "full sync", "disabled")
+			`data-k="d.hook.inflight">1<`, `data-k="files">1 of 2 files done`, `value="0.250"`, "full sync", "disabled")
 	}
 	var live liveResponse
 	getOK(t, ts.url+"/ui/live").json(t, &live)
