@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -347,10 +348,11 @@ func pageFigures(t *testing.T, u string, n int) (median time.Duration, raw, gz i
 // TestStatusPageFigures measures the home page with 50 syncs and 1,000 runs of
 // history (20 a sync, serve.history's default), and the page of one of them, over
 // real HTTP on loopback. The budgets are loose (a loaded CI machine);
-// the figures are logged for docs/serve.md.
+// the figures are logged for docs/serve.md. Like the project's other figures it runs
+// with BACKFLOW_FIGURES=1, keeping the normal suite fast.
 func TestStatusPageFigures(t *testing.T) {
-	if testing.Short() {
-		t.Skip("figures: not in -short")
+	if os.Getenv("BACKFLOW_FIGURES") != "1" {
+		t.Skip("figures: set BACKFLOW_FIGURES=1")
 	}
 	st, syncs := bigStore(t, 50, 20)
 	ts := startServer(t, Options{Syncs: syncs, Store: st, History: 20, Run: countingRun(new(atomic.Int64))})
