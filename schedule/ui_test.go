@@ -415,3 +415,50 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 	w.n += len(p)
 	return len(p), nil
 }
+
+// TestStatusPageWaitingAndLongHistory checks a run waiting for a slot, and a history
+// longer than the sync page lists by default.
+func TestStatusPageWaitingAndLongHistory(t *testing.T) {
+	t.Parallel()
+	st, syncs := bigStore(t, 2, 60)
+	release := make(chan struct{})
+	started := make(chan string, 2)
+	ts := startServer(t, Options{Syncs: syncs, Store: st, History: 100, MaxConcurrentRuns: 1,
+		Run: func(ctx context.Context, sync string, _ bool) (*pipeline.Report, error) {
+			started <- sync
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+			return okReport(ctx, sync), nil
+		}})
+	defer close(release)
+	if _, _, err := ts.Trigger("sync_00", false); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	if _, queued, err := ts.Trigger("sync_01", false); err != nil || !queued {
+		t.Fatalf("second run: queued %v, %v; want it waiting for the one slot", queued, err)
+	}
+	page := getOK(t, ts.url+"/")
+	mustContain(t, "GET / with a run waiting", page.body, `id="live-sync_01"`, "is waiting for a free slot", `id="live-sync_00"`)
+	var live liveResponse
+	getOK(t, ts.url+"/ui/live").json(t, &live)
+	if _, ok := live.Live["sync_01"]; ok || live.Live["sync_00"] == nil {
+		t.Fatalf("GET /ui/live: %+v; want the running sync only", live)
+	}
+
+	one := getOK(t, ts.url+"/ui/syncs/sync_00")
+	if n := bytes.Count(one.body, []byte(`<time class="when"`)); n != syncPageRuns {
+		t.Errorf("the sync page lists %d runs, want the newest %d", n, syncPageRuns)
+	}
+	mustContain(t, "the sync page", one.body, `<a href="/ui/syncs/sync_00?runs=all">All 60 kept runs</a>`)
+	all := getOK(t, ts.url+"/ui/syncs/sync_00?runs=all")
+	if n := bytes.Count(all.body, []byte(`<time class="when"`)); n != 60 {
+		t.Errorf("?runs=all lists %d runs, want 60", n)
+	}
+	idx := getOK(t, ts.url+"/")
+	if n := bytes.Count(idx.body, []byte(`<time class="when"`)); n != recentRuns {
+		t.Errorf("the home page lists %d recent runs, want %d", n, recentRuns)
+	}
+}
