@@ -2,6 +2,7 @@ package config_test
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -199,5 +200,21 @@ func TestErrorsNeverShowSecrets(t *testing.T) {
 	}
 	if !ce.Has("syncs[0].mode", `"REDACTED" is not one of`) {
 		t.Fatalf("got%s", problems(err))
+	}
+}
+
+// TestAuthTokenIsSecret checks that serve's token is redacted like any other secret,
+// whether it was written in the file or came from ${VAR}.
+func TestAuthTokenIsSecret(t *testing.T) {
+	for _, tok := range []string{"literal-token-0123456789", "${BACKFLOW_TOKEN}"} {
+		tree := baseTree()
+		set(t, tree, "serve.auth_token", tok)
+		c, err := loadTree(t, tree, t.TempDir(), map[string]string{"BACKFLOW_TOKEN": "from-env-token-0123456789"})
+		if err != nil {
+			t.Fatalf("%s: load:%s", tok, problems(err))
+		}
+		if !slices.Contains(c.Secrets(), c.Serve.AuthToken) || c.Serve.AuthToken == tok && strings.HasPrefix(tok, "$") {
+			t.Fatalf("%s: token %q not among the secrets", tok, c.Serve.AuthToken)
+		}
 	}
 }

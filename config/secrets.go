@@ -11,7 +11,8 @@ const Redacted = "REDACTED"
 
 // Secrets returns every secret value of the configuration: write keys, secret access
 // keys, session tokens, external ids, webhook header values, notification URLs and
-// signing secrets, and every value that came from a ${VAR} expansion. Empty values are left out. Longest first, so that a secret
+// signing secrets, serve's auth token, and every value that came from a ${VAR}
+// expansion. Empty values are left out. Longest first, so that a secret
 // containing another is redacted whole.
 func (c *Config) Secrets() []string {
 	var out []string
@@ -24,6 +25,7 @@ func (c *Config) Secrets() []string {
 	}
 	auth := func(a Auth) { add(a.SecretAccessKey, a.SessionToken, a.ExternalID) }
 	add(c.expanded...)
+	add(c.Serve.AuthToken)
 	auth(c.State.S3.Auth)
 	notify := func(ns []Notify) {
 		for _, n := range ns {

@@ -43,6 +43,9 @@ type ServeConfig struct {
 	// PublicURL is where people reach serve's status page (http(s)://host[/prefix]);
 	// notifications link to the sync's page below it. Empty: no link.
 	PublicURL string `mapstructure:"public_url"`
+	// AuthToken, when set, protects every endpoint but /healthz (Bearer, or basic auth
+	// with the token as password). A secret: give it as ${VAR}.
+	AuthToken string `mapstructure:"auth_token"`
 }
 
 // S3Options are the connection settings shared by S3 sources, S3 state and the s3 destination.

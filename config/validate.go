@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"net/url"
@@ -124,6 +125,12 @@ func (v *validator) serve(s ServeConfig) {
 			v.p.check("serve.public_url", "must be an http:// or https:// URL without query or fragment, such as https://backflow.example.com")
 		}
 	}
+	if v.isSet("serve.auth_token") {
+		// The message never quotes the value: it is a secret.
+		if err := CheckAuthToken(s.AuthToken); err != nil {
+			v.p.check("serve.auth_token", err.Error())
+		}
+	}
 }
 
 // notify checks the notify entries listed at np.
@@ -155,6 +162,24 @@ func (v *validator) notify(np string, ns []Notify) {
 			seen[ev] = true
 		}
 	}
+}
+
+// MinAuthTokenLength is the shortest serve auth token accepted: a token is the only
+// thing between the network and POST /syncs/{name}/run, so it must not be guessable.
+const MinAuthTokenLength = 16
+
+// CheckAuthToken says what is wrong with a serve auth token (from the config or from
+// serve --auth-token-file), without quoting it.
+func CheckAuthToken(tok string) error {
+	switch {
+	case tok == "":
+		return errors.New("is empty")
+	case strings.TrimSpace(tok) != tok || strings.ContainsAny(tok, " \t\r\n"):
+		return errors.New("may not contain spaces or line breaks")
+	case len(tok) < MinAuthTokenLength:
+		return fmt.Errorf("must be at least %d characters (try: openssl rand -hex 32)", MinAuthTokenLength)
+	}
+	return nil
 }
 
 // notUsed reports every key of keys set under parent.

@@ -164,6 +164,10 @@ func TestValidationErrors(t *testing.T) {
 		{"serve runs", []kv{{"serve.max_concurrent_runs", 0}}, "serve.max_concurrent_runs", "must be at least 1", 0},
 		{"serve history", []kv{{"serve.history", 0}}, "serve.history", "must be at least 1", 0},
 		{"serve grace", []kv{{"serve.shutdown_grace", "0s"}}, "serve.shutdown_grace", "must be a positive duration", 0},
+		{"serve token empty", []kv{{"serve.auth_token", ""}}, "serve.auth_token", "is empty", 0},
+		{"serve token short", []kv{{"serve.auth_token", "hunter2-secret"}}, "serve.auth_token", "must be at least 16 characters (try: openssl rand -hex 32)", 0},
+		{"serve token space", []kv{{"serve.auth_token", "hunter2-secret hunter2-secret"}}, "serve.auth_token", "may not contain spaces or line breaks", 0},
+		{"serve token newline", []kv{{"serve.auth_token", "hunter2-secret-hunter2-secret\n"}}, "serve.auth_token", "may not contain spaces or line breaks", 0},
 
 		// Values of the wrong shape: one problem each, never a second one from validation.
 		{"columns not a list", []kv{{mp + ".columns", "email"}}, mp + ".columns", "must be a list, not a string", 0},
@@ -240,7 +244,7 @@ func TestValidConfigs(t *testing.T) {
 		{"s3 csv tab", []kv{{d0, map[string]any{"type": "s3", "url": "s3://lake", "format": "csv", "compression": "gzip", "csv": map[string]any{"delimiter": "tab", "quote_all": true}, "max_object_rows": 10, "verify_object": "ok.txt", "endpoint": "http://127.0.0.1:9000", "path_style": true, "region": "us-east-1", "auth": map[string]any{"mode": "keys", "access_key_id": "a", "secret_access_key": "b"}}}}},
 		{"s3 parquet", []kv{{d0, map[string]any{"type": "s3", "url": "s3://lake/prefix/", "format": "parquet", "key": "{stream_name}/{connection_run_id}-{part}.{extension}"}}}},
 		{"s3 state", []kv{{"state.url", "s3://b/state"}, {"state.region", "eu-west-1"}, {"state.auth", map[string]any{"mode": "keys", "access_key_id": "a", "secret_access_key": "b"}}}},
-		{"serve", []kv{{"serve", map[string]any{"max_concurrent_runs": 1, "history": 5, "shutdown_grace": "2m"}}}},
+		{"serve", []kv{{"serve", map[string]any{"max_concurrent_runs": 1, "history": 5, "shutdown_grace": "2m", "auth_token": "0123456789abcdef"}}}},
 		{"numbers as text", []kv{{d0 + ".batch_size", "25"}, {d0 + ".rate_limit", "0.5"}, {mp + ".skip_nulls", "true"}}},
 	}
 	for _, tc := range tests {

@@ -51,13 +51,15 @@ type serveProc struct {
 	url  string // http://127.0.0.1:PORT
 	done chan struct{}
 	err  error // cmd.Wait's; set before done is closed
+	// authz, when set, is the Authorization header of every request the helpers make.
+	authz string
 }
 
-// startServeAt starts `backflow serve --listen addr` on the workspace's config without
-// waiting for it to be ready.
-func (w *workspace) startServeAt(t *testing.T, addr string) *serveProc {
+// startServeAt starts `backflow serve --listen addr` (and the extra arguments) on the
+// workspace's config without waiting for it to be ready.
+func (w *workspace) startServeAt(t *testing.T, addr string, extra ...string) *serveProc {
 	t.Helper()
-	p := start(t, w.dir, w.env, "serve", "-c", w.configPath(), "--listen", addr)
+	p := start(t, w.dir, w.env, append([]string{"serve", "-c", w.configPath(), "--listen", addr}, extra...)...)
 	s := &serveProc{t: t, p: p, addr: addr, url: "http://" + addr, done: make(chan struct{})}
 	go func() {
 		s.err = p.cmd.Wait()
@@ -80,10 +82,10 @@ func (w *workspace) startServeAt(t *testing.T, addr string) *serveProc {
 // startServe starts `backflow serve` on a free loopback port and waits until /healthz
 // answers. A port taken between choosing it and binding it (another test's listener) is
 // retried on a new port.
-func (w *workspace) startServe(t *testing.T) *serveProc {
+func (w *workspace) startServe(t *testing.T, extra ...string) *serveProc {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
-		s := w.startServeAt(t, freeLoopbackAddr(t))
+		s := w.startServeAt(t, freeLoopbackAddr(t), extra...)
 		if s.waitReady() {
 			return s
 		}
@@ -220,6 +222,9 @@ func (s *serveProc) tryDo(method, path string) (int, []byte, error) {
 	req, err := http.NewRequest(method, s.url+path, nil)
 	if err != nil {
 		return 0, nil, err
+	}
+	if s.authz != "" {
+		req.Header.Set("Authorization", s.authz)
 	}
 	res, err := serveClient.Do(req)
 	if err != nil {

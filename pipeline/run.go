@@ -569,7 +569,6 @@ func (r *run) execute(ctx context.Context, src reader.Source, toRead []*state.Fi
 		r.hashRec = newHashRecorder(r.diff.store, r.deliverCtx, r.fail)
 	}
 
-
 	r.read(src, toRead)
 
 	// Reading ended (done, stopped or failed): what sits in the outboxes is sent — on

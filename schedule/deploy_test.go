@@ -140,6 +140,11 @@ func TestDeployKubernetesDeployment(t *testing.T) {
 	if g := get(t, pod, "terminationGracePeriodSeconds").(int); g <= 60 {
 		t.Errorf("terminationGracePeriodSeconds %d must exceed serve.shutdown_grace %v", g, get(t, cfg, "serve", "shutdown_grace"))
 	}
+	// The Deployment listens on every interface: it needs a token, from the Secret.
+	tok, _ := get(t, cfg, "serve", "auth_token").(string)
+	if m := envRef.FindStringSubmatch(tok); m == nil || m[0] != tok {
+		t.Errorf("serve.auth_token %q: want ${VAR}, set from the Secret (listening on :8080 needs a token)", tok)
+	}
 	svc := byKind(t, ds, "Service")
 	if p := get(t, svc, "metadata", "annotations", "prometheus.io/path"); p != "/metrics" {
 		t.Errorf("Service scrape path %v", p)
@@ -217,5 +222,32 @@ func TestDeploySystemdUnit(t *testing.T) {
 	}
 	if one("Install.WantedBy") != "multi-user.target" {
 		t.Error("WantedBy")
+	}
+}
+
+// TestDeployPrometheusScrape checks that every scrape job of the example sends the
+// token, from a file, to /metrics.
+func TestDeployPrometheusScrape(t *testing.T) {
+	ds := docs(t, filepath.Join(deployDir, "prometheus", "scrape.yaml"))
+	if len(ds) != 1 {
+		t.Fatalf("%d documents, want 1", len(ds))
+	}
+	jobs, _ := get(t, ds[0], "scrape_configs").([]any)
+	if len(jobs) == 0 {
+		t.Fatal("no scrape_configs")
+	}
+	for i, j := range jobs {
+		if p := get(t, j, "metrics_path"); p != "/metrics" {
+			t.Errorf("job %d: metrics_path %v", i, p)
+		}
+		if typ := get(t, j, "authorization", "type"); typ != "Bearer" {
+			t.Errorf("job %d: authorization.type %v, want Bearer", i, typ)
+		}
+		if f, _ := get(t, j, "authorization", "credentials_file").(string); !strings.HasPrefix(f, "/") {
+			t.Errorf("job %d: credentials_file %q: the token must come from a file", i, f)
+		}
+		if get(t, j, "authorization", "credentials") != nil {
+			t.Errorf("job %d: a token written in the scrape config", i)
+		}
 	}
 }

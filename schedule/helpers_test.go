@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -54,6 +55,12 @@ func (m *memStore) Rejects(context.Context, string, string) (state.RejectsFile, 
 	return nil, errNotUsed
 }
 func (m *memStore) String() string { return "mem://history" }
+
+// memStore keeps no rejects: the status page finds none.
+func (m *memStore) RejectsRuns(context.Context, string) ([]string, error) { return nil, nil }
+func (m *memStore) OpenRejects(_ context.Context, sync, runID string) (io.ReadCloser, string, error) {
+	return nil, "", fmt.Errorf("run %s of sync %s: %w", runID, sync, state.ErrNoRejects)
+}
 
 func (m *memStore) AppendHistory(_ context.Context, sync string, report []byte, keep int) error {
 	m.mu.Lock()

@@ -63,6 +63,7 @@ func (s *Server) newHandler() http.Handler {
 	mux.HandleFunc("GET /syncs", s.handleList)
 	mux.HandleFunc("GET /syncs/{name}", s.handleGet)
 	mux.HandleFunc("POST /syncs/{name}/run", s.handleRun)
+	s.addUIRoutes(mux)
 	return mux
 }
 

@@ -140,11 +140,15 @@ func nonNegative(v int64) float64 {
 	return float64(v)
 }
 
-// observer is the pipeline.Observer side of the metrics. Every method is a few atomic
-// operations on already-created series: it never blocks the pipeline.
-type observer struct{ m *metrics }
+// observer is the pipeline.Observer side of the metrics and of the status page's live
+// view. Every method is a few atomic operations on already-created series and
+// counters: it never blocks the pipeline.
+type observer struct {
+	m    *metrics
+	live map[string]*liveRun // read-only after NewServer
+}
 
-var _ pipeline.Observer = observer{}
+var _ pipeline.ProgressObserver = observer{}
 
 func (o observer) RowsRead(sync string, rows, bytes int64) {
 	if rows > 0 {
@@ -153,14 +157,28 @@ func (o observer) RowsRead(sync string, rows, bytes int64) {
 	if bytes > 0 {
 		o.m.liveBytes.WithLabelValues(sync).Add(float64(bytes))
 	}
+	o.live[sync].read(rows, bytes)
 }
 
 func (o observer) BatchStarted(sync, destination string) {
 	o.m.batches.WithLabelValues(sync, destination).Inc()
+	if d := o.live[sync].dest(destination); d != nil {
+		d.inFlight.Add(1)
+	}
 }
 
-// BatchDone only closes the in-flight bracket: delivered and failed reach the counters
-// from the run's report, so that they are counted once.
-func (o observer) BatchDone(sync, destination string, _, _ int64) {
+// BatchDone only closes the in-flight bracket for the metrics: delivered and failed
+// reach the counters from the run's report, so that they are counted once. The live
+// view counts them as they come, and is reset when the next run begins.
+func (o observer) BatchDone(sync, destination string, delivered, failed int64) {
 	o.m.batches.WithLabelValues(sync, destination).Dec()
+	if d := o.live[sync].dest(destination); d != nil {
+		d.inFlight.Add(-1)
+		d.delivered.Add(max(delivered, 0))
+		d.failed.Add(max(failed, 0))
+	}
 }
+
+// Planned and FileRead feed the live view's progress (files and bytes to read).
+func (o observer) Planned(sync string, files int, bytes int64) { o.live[sync].planned(files, bytes) }
+func (o observer) FileRead(sync, _ string)                     { o.live[sync].fileRead() }

@@ -83,6 +83,8 @@ type Options struct {
 	// Notifier is told when each run starts and ends (nil: no notifications). It sends
 	// in the background: the scheduler never waits for a receiver.
 	Notifier *notify.Notifier
+	// AuthToken, when set, is required by every endpoint but /healthz (see auth.go).
+	AuthToken string
 }
 
 // Server runs syncs on their schedules and serves serve's HTTP endpoints. Build it
@@ -96,6 +98,7 @@ type Server struct {
 	log     *slog.Logger
 	now     func() time.Time
 	metrics *metrics
+	live    map[string]*liveRun // by sync name; what the status page shows of a run in progress
 	handler http.Handler
 	notify  *notify.Notifier
 
@@ -210,15 +213,17 @@ func NewServer(opts Options) (*Server, error) {
 	for _, st := range s.syncs {
 		s.metrics.nextRun.WithLabelValues(st.name).Set(unixSeconds(st.next))
 	}
-	s.handler = s.newHandler()
+	s.live = newLiveRuns(opts.Syncs)
+	s.handler = protect(s.newHandler(), opts.AuthToken, s.log)
 	return s, nil
 }
 
 // Observer is the metrics side of the server: pass it to the pipeline so that rows read
 // and batches in flight show in /metrics while runs progress.
-func (s *Server) Observer() pipeline.Observer { return observer{s.metrics} }
+func (s *Server) Observer() pipeline.Observer { return observer{s.metrics, s.live} }
 
-// Handler serves /healthz, /metrics, /syncs, /syncs/{name} and POST /syncs/{name}/run.
+// Handler serves /healthz, /metrics, /syncs, /syncs/{name}, POST /syncs/{name}/run and
+// the status page (/, /ui/...), behind the token when there is one (auth.go).
 // Run serves it on its listener; it is exported for embedding and tests.
 func (s *Server) Handler() http.Handler { return s.handler }
 
@@ -286,6 +291,7 @@ func (s *Server) execute(st *syncState, cur *current, haveSlot bool) {
 	}
 
 	s.metrics.inProgress.WithLabelValues(st.name).Inc()
+	s.live[st.name].begin(cur.id, time.Now())
 	log.Info("run started", "trigger", cur.trigger, "full", cur.full)
 	s.notify.Started(st.name, cur.id)
 	began := time.Now()
@@ -428,11 +434,7 @@ func (s *Server) Run(ctx context.Context, listener net.Listener) error {
 	s.mu.Unlock()
 	defer s.cancelHard()
 
-	hs := &http.Server{
-		Handler:           s.handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	}
+	hs := newHTTPServer(s.handler, s.log)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(listener) }()
 	s.log.Info("serving", "addr", listener.Addr().String(), "syncs", len(s.syncs),

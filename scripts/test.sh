@@ -6,6 +6,10 @@
 #
 # Environment:
 #   BACKFLOW_REQUIRE_INTEGRATION=1  fail (instead of skip) when MinIO cannot be installed
+#   BACKFLOW_REQUIRE_BROWSER=1      install Chromium with apt-get when it is missing (as root,
+#                                   as CI runs), and fail (instead of skip) the browser tests
+#                                   when there is still none
+#   BACKFLOW_CHROMIUM=PATH          the browser for the status page's tests (default: chromium on PATH)
 #   BACKFLOW_PARQUET_TESTING=DIR    Apache parquet-testing checkout for the corpus tests
 #   BACKFLOW_FUZZTIME=10s           how long each fuzz target runs (0 to skip fuzzing)
 set -euo pipefail
@@ -28,6 +32,23 @@ if [ -z "${BACKFLOW_MINIO:-}" ] && ! command -v minio >/dev/null 2>&1; then
     fi
   fi
   [ -x "$bin/minio" ] && export BACKFLOW_MINIO="$bin/minio"
+fi
+
+# The status page's browser tests drive headless Chromium; without it they skip, unless
+# required.
+have_browser() {
+  [ -n "${BACKFLOW_CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+    || command -v google-chrome >/dev/null 2>&1 || command -v google-chrome-stable >/dev/null 2>&1
+}
+if [ "${BACKFLOW_REQUIRE_BROWSER:-}" = "1" ] && ! have_browser; then
+  echo "== installing Chromium with apt-get (the browser tests are required)"
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+  else
+    echo "Chromium is missing and cannot be installed here (needs root and apt-get): apt-get install chromium" >&2
+    exit 1
+  fi
 fi
 
 if [ -n "${BACKFLOW_PARQUET_TESTING:-}" ]; then

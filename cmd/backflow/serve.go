@@ -4,9 +4,13 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
+	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations/all"
 	"github.com/backflowhq/backflow/notify"
 	"github.com/backflowhq/backflow/pipeline"
@@ -14,7 +18,9 @@ import (
 )
 
 type serveOptions struct {
-	listen string
+	listen         string
+	authTokenFile  string
+	insecureListen bool
 }
 
 func newServeCommand(g *globalOptions) *cobra.Command {
@@ -31,7 +37,9 @@ at once. --sync is ignored: serve runs every sync of the file.`,
 			return runServe(cmd, g, o)
 		},
 	}
-	c.Flags().StringVar(&o.listen, "listen", "127.0.0.1:8080", "address of the HTTP endpoints")
+	c.Flags().StringVar(&o.listen, "listen", "127.0.0.1:8080", "address of the HTTP endpoints and the status page")
+	c.Flags().StringVar(&o.authTokenFile, "auth-token-file", "", "file holding the token every endpoint but /healthz requires (instead of serve.auth_token)")
+	c.Flags().BoolVar(&o.insecureListen, "insecure-listen", false, "listen on a non-loopback address without an auth token")
 	return c
 }
 
@@ -40,6 +48,17 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 	cfg, err := g.loadConfig()
 	if err != nil {
 		return err
+	}
+	token, err := authToken(cfg.Serve.AuthToken, o.authTokenFile)
+	if err != nil {
+		return &usageError{err}
+	}
+	if token != "" {
+		g.secrets = append(g.secrets, token) // redacted from logs and errors like the config's
+	} else if !o.insecureListen {
+		if err := requireLoopback(ctx, o.listen); err != nil {
+			return &usageError{err}
+		}
 	}
 	logger, err := g.logger()
 	if err != nil {
@@ -82,6 +101,7 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 		ShutdownGrace:     cfg.Serve.ShutdownGrace,
 		Logger:            logger,
 		Notifier:          notifier,
+		AuthToken:         token,
 	})
 	if err != nil {
 		return &usageError{err}
@@ -89,6 +109,14 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return &usageError{fmt.Errorf("--listen %s: %w", o.listen, err)}
+	}
+	if token == "" {
+		const msg = "the HTTP endpoints have no authentication: set serve.auth_token or --auth-token-file"
+		if o.insecureListen && requireLoopback(ctx, o.listen) != nil {
+			logger.Warn(msg, "listen", o.listen, "insecure_listen", true)
+		} else {
+			logger.Info(msg, "listen", o.listen)
+		}
 	}
 	err = srv.Run(ctx, ln)
 	// The last runs' notifications may still be in flight: give them MaxDelay at most.
@@ -98,4 +126,53 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 	}
 	cancel()
 	return err
+}
+
+// authToken is serve's token: --auth-token-file's content (one line; a trailing line
+// break is dropped, as editors and `echo` add one) when given, else serve.auth_token.
+func authToken(fromConfig, file string) (string, error) {
+	if file == "" {
+		return fromConfig, nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--auth-token-file: %w", err)
+	}
+	tok := strings.TrimRight(string(b), "\r\n")
+	if err := config.CheckAuthToken(tok); err != nil {
+		return "", fmt.Errorf("--auth-token-file %s: the token %w", file, err)
+	}
+	return tok, nil
+}
+
+// requireLoopback refuses an address that other machines can reach: without a token,
+// anyone who can connect could start runs and read run reports.
+func requireLoopback(ctx context.Context, listen string) error {
+	refuse := fmt.Errorf("--listen %s is reachable from other machines and serve has no auth token: "+
+		"set serve.auth_token (or --auth-token-file), listen on 127.0.0.1, or pass --insecure-listen", listen)
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w", listen, err)
+	}
+	if host == "" {
+		return refuse // every interface
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		ip = ip.Unmap()
+		if !ip.IsLoopback() {
+			return refuse
+		}
+		return nil
+	}
+	// A name: it must resolve to loopback addresses only (localhost does).
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w", listen, err)
+	}
+	for _, ip := range ips {
+		if !ip.Unmap().IsLoopback() {
+			return refuse
+		}
+	}
+	return nil
 }
