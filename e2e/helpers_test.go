@@ -264,6 +264,7 @@ type report struct {
 	RunID          string `json:"run_id"`
 	Status         string `json:"status"`
 	Mode           string `json:"mode"`
+	Shard          string `json:"shard"`
 	DryRun         bool   `json:"dry_run"`
 	FullSync       bool   `json:"full_sync"`
 	FullSyncReason string `json:"full_sync_reason"`

@@ -175,7 +175,14 @@ func (n *Notifier) Finished(ctx context.Context, r *pipeline.Report) {
 	if len(ts) == 0 {
 		return
 	}
-	prev := n.previous(ctx, r.Sync, r.RunID)
+	// A shard's runs are judged against that shard's own history (`sync --shard`).
+	historyName := r.Sync
+	if r.Shard != "" {
+		if shard, err := pipeline.ParseShard(r.Shard); err == nil {
+			historyName = shard.StateName(r.Sync)
+		}
+	}
+	prev := n.previous(ctx, historyName, r.RunID)
 	names := Transition(prev, r.Status)
 	if len(names) == 0 {
 		return

@@ -62,13 +62,15 @@ func (r *run) writeDeferred(d int, def destinations.Deferred, b *batch) {
 		hashes   []string
 		spans    = b.spans
 		accepted = true
+		version  uint64 // the ledger's version once the batch is handled (0: not yet)
 	)
 	finish := func() { // with mu held, once both happened
-		r.ledger.handled(d, spans, acked, refused)
+		version = r.ledger.handled(d, spans, acked, refused)
 		if keys != nil {
 			r.hashRec.put(r.diff.bits[d], keys, hashes)
 		}
 	}
+	began := time.Now()
 	err := def.WriteDeferred(r.deliverCtx, b.msgs, func() {
 		mu.Lock()
 		defer mu.Unlock()
@@ -77,12 +79,13 @@ func (r *run) writeDeferred(d int, def destinations.Deferred, b *batch) {
 			finish()
 		}
 	})
+	took := time.Since(began)
 	refusedIdx, ok := r.result(d, b, err)
 	mu.Lock()
-	defer mu.Unlock()
 	returned = true
 	if !ok {
 		accepted = false
+		mu.Unlock()
 		return
 	}
 	refused = len(refusedIdx)
@@ -92,6 +95,14 @@ func (r *run) writeDeferred(d int, def destinations.Deferred, b *batch) {
 	}
 	if durable {
 		finish()
+	}
+	v := version
+	mu.Unlock()
+	// A write that completed an object waits for the save that counts it, when that is
+	// cheap next to the write (see saver.worthWaiting): a kill then writes no completed
+	// object again.
+	if v > 0 && r.saver.worthWaiting(took) {
+		r.saver.waitSaved(v)
 	}
 }
 

@@ -18,6 +18,7 @@ const (
 	ReasonSourceChanged  = "source changed"
 	ReasonRequested      = "requested"
 	ReasonModeFull       = "mode full"
+	ReasonShardsChanged  = "shards changed"
 )
 
 // Mode names.

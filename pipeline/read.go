@@ -323,6 +323,21 @@ func (r *run) readFailed(ctx context.Context, job rowGroupJob, err error) {
 // mode diff, whose content it did not acknowledge. It returns false when ctx ended.
 func (r *run) dispatch(ctx context.Context, of *openFile, m mapped) bool {
 	key := of.entry.Key
+	if shard := r.opts.Shard; shard.Sharded() && r.sync.Mode == ModeDiff {
+		// Mode diff: this shard keeps the identifiers that hash to it; the other rows
+		// are another shard's (handled here with nothing to send). A row without
+		// identifiers has no key: its reject is written by the shard that owns its file.
+		kept := m.msgs[:0:0]
+		for i := range m.msgs {
+			if shard.OwnsKey(m.msgs[i].Key) {
+				kept = append(kept, m.msgs[i])
+			}
+		}
+		m.msgs = kept
+		if !shard.OwnsFile(key) {
+			m.rejects = nil
+		}
+	}
 	// Rejects are handed to the rejects writer before any destination's span covering
 	// them can be handled (the ledger's contract).
 	for _, rej := range m.rejects {

@@ -14,10 +14,12 @@ const (
 
 // Report is the run report of SPEC.md (`sync --report FILE`, `GET /syncs`).
 type Report struct {
-	Sync           string                       `json:"sync"`
-	RunID          string                       `json:"run_id"`
-	Status         string                       `json:"status"`
-	Mode           string                       `json:"mode"`
+	Sync   string `json:"sync"`
+	RunID  string `json:"run_id"`
+	Status string `json:"status"`
+	Mode   string `json:"mode"`
+	// Shard is "I/N" for a run of one shard of the sync, absent for the whole sync.
+	Shard          string                       `json:"shard,omitempty"`
 	DryRun         bool                         `json:"dry_run,omitempty"`
 	FullSync       bool                         `json:"full_sync"`
 	FullSyncReason string                       `json:"full_sync_reason"`

@@ -45,6 +45,9 @@ type Options struct {
 	// Started, when set, is called once the run holds the sync's lease, before it lists
 	// anything (a dry run, which takes no lease, calls it at once).
 	Started func()
+	// Shard is the part of the sync this run does (`sync --shard I/N`); the zero Shard
+	// is all of it.
+	Shard Shard
 	// Wait is how long to wait for the sync's lease when another run holds it (0: fail
 	// at once, naming the holder).
 	Wait time.Duration
@@ -99,6 +102,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 type run struct {
 	opts   Options
 	sync   *config.Sync
+	state  string // the name its state is kept under (the sync's, or its shard's)
 	log    *slog.Logger
 	obs    Observer
 	report *Report
@@ -177,16 +181,21 @@ func newRun(opts Options) *run {
 	r := &run{
 		opts:     opts,
 		sync:     opts.Sync,
+		state:    opts.Shard.StateName(opts.Sync.Name),
 		start:    start,
 		obs:      opts.Observer,
 		fileErrs: map[string]string{},
 		rejects:  &rejectsWriter{},
 	}
 	r.log = opts.Logger.With("sync", opts.Sync.Name, "run_id", opts.RunID)
+	if opts.Shard.Sharded() {
+		r.log = r.log.With("shard", opts.Shard.String())
+	}
 	r.report = &Report{
 		Sync:         opts.Sync.Name,
 		RunID:        opts.RunID,
 		Mode:         opts.Sync.Mode,
+		Shard:        opts.Shard.String(),
 		DryRun:       opts.DryRun,
 		StartedAt:    start,
 		Destinations: map[string]*DestinationCount{},
@@ -246,9 +255,25 @@ func (r *run) run(ctx context.Context) error {
 		r.log.Warn("skipping object", "key", s.Key, "reason", s.Reason)
 	}
 
-	prev, err := opts.Store.Load(ctx, r.sync.Name)
+	prev, err := opts.Store.Load(ctx, r.state)
 	if err != nil {
-		return fmt.Errorf("loading checkpoint of sync %s: %w", r.sync.Name, err)
+		return fmt.Errorf("loading checkpoint of sync %s: %w", r.state, err)
+	}
+	shardsChanged, err := r.shardsChanged(ctx)
+	if err != nil {
+		return err
+	}
+	objects := listing.Objects
+	if opts.Shard.Sharded() && r.sync.Mode != ModeDiff {
+		// Incremental and full: each file is read by the one shard it belongs to. (Mode
+		// diff reads every file and keeps the identifiers of this shard: dispatch.)
+		objects = objects[:0:0]
+		for _, o := range listing.Objects {
+			if opts.Shard.OwnsFile(o.Key) {
+				objects = append(objects, o)
+			}
+		}
+		r.report.Files.Listed = len(objects)
 	}
 
 	// The sync's schema is the first valid file's; files that fail are rejected.
@@ -274,9 +299,12 @@ func (r *run) run(ctx context.Context) error {
 
 	mappingFP, sourceFP := MappingFingerprint(r.sync), SourceFingerprint(r.sync)
 	reason := fullSyncReason(prev, r.sync, opts.Full, mappingFP, sourceFP, schemaFP)
+	if shardsChanged && (reason == "" || reason == ReasonFirstSync) {
+		reason = ReasonShardsChanged
+	}
 	r.report.FullSync = reason != ""
 	r.report.FullSyncReason = reason
-	cp := &state.Checkpoint{Version: state.Version, Sync: r.sync.Name, Files: map[string]*state.File{}}
+	cp := &state.Checkpoint{Version: state.Version, Sync: r.state, Files: map[string]*state.File{}}
 	if prev != nil {
 		if reason == "" {
 			cp = prev.Clone()
@@ -297,7 +325,7 @@ func (r *run) run(ctx context.Context) error {
 	r.ledger = newLedger(cp, r.destNames)
 	// Files rejected while inferring the schema are planned like any other: a rejected
 	// file is not acknowledged, so it is checked again next run.
-	toRead, unchanged, deleted := planFiles(cp, listing.Objects, r.destNames)
+	toRead, unchanged, deleted := planFiles(cp, objects, r.destNames)
 	r.report.Files.Unchanged = unchanged
 	r.report.Files.Deleted = deleted
 	r.log.Info("planned run", "full_sync", reason != "", "reason", reason,
@@ -317,7 +345,7 @@ func (r *run) run(ctx context.Context) error {
 		if err := r.openDestinations(ctx); err != nil {
 			return err
 		}
-		rf, err := opts.Store.Rejects(ctx, r.sync.Name, opts.RunID)
+		rf, err := opts.Store.Rejects(ctx, r.state, opts.RunID)
 		if err != nil {
 			return fmt.Errorf("opening rejects file: %w", err)
 		}
@@ -339,12 +367,39 @@ func (r *run) run(ctx context.Context) error {
 	return r.execute(ctx, src, toRead)
 }
 
+// shardsChanged tells whether the sync was last run with another number of shards (or
+// sharded, and now not, or the reverse): its newest stored state is another shard
+// count's than this run's. Every shard then sends everything (reason "shards changed").
+func (r *run) shardsChanged(ctx context.Context) (bool, error) {
+	states, err := r.opts.Store.States(ctx, r.sync.Name)
+	if err != nil {
+		return false, err
+	}
+	var own, other time.Time
+	for _, st := range states {
+		_, shard, err := ParseStateName(st.Name)
+		if err != nil {
+			continue
+		}
+		if shard.Count == r.opts.Shard.Count || (!shard.Sharded() && !r.opts.Shard.Sharded()) {
+			if st.Name == r.state {
+				own = st.Updated
+			}
+			continue
+		}
+		if st.Updated.After(other) {
+			other = st.Updated
+		}
+	}
+	return !other.IsZero() && other.After(own), nil
+}
+
 // acquire takes the sync's lease, waiting up to opts.Wait for it.
 func (r *run) acquire(ctx context.Context) (state.Lease, error) {
 	host, _ := os.Hostname()
 	holder := state.Holder{Host: host, PID: os.Getpid(), RunID: r.opts.RunID, Since: r.start}
 	poll := min(max(r.opts.LeaseTTL/10, 200*time.Millisecond), 2*time.Second)
-	lease, err := state.AcquireWait(ctx, r.opts.Store, r.sync.Name, holder, r.opts.LeaseTTL, r.opts.Wait, poll,
+	lease, err := state.AcquireWait(ctx, r.opts.Store, r.state, holder, r.opts.LeaseTTL, r.opts.Wait, poll,
 		func(held *state.LeaseHeldError) {
 			r.log.Info("waiting for the sync's lease", "holder", held.Error(), "wait", r.opts.Wait)
 		})
@@ -352,7 +407,7 @@ func (r *run) acquire(ctx context.Context) (state.Lease, error) {
 		if errors.Is(err, state.ErrLeaseHeld) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("taking the lease of sync %s: %w", r.sync.Name, err)
+		return nil, fmt.Errorf("taking the lease of sync %s: %w", r.state, err)
 	}
 	return lease, nil
 }
@@ -371,9 +426,9 @@ func (r *run) openHashes(ctx context.Context, prev *state.Checkpoint, full bool)
 	if r.opts.DryRun {
 		open = r.opts.Store.ReadHashes // a dry run writes no state
 	}
-	h, err := open(ctx, r.sync.Name)
+	h, err := open(ctx, r.state)
 	if err != nil {
-		return fmt.Errorf("opening row-hash store of sync %s: %w", r.sync.Name, err)
+		return fmt.Errorf("opening row-hash store of sync %s: %w", r.state, err)
 	}
 	if h == nil {
 		return nil // a dry run before any run: every row is new
@@ -381,7 +436,7 @@ func (r *run) openHashes(ctx context.Context, prev *state.Checkpoint, full bool)
 	r.diff = &diffFilter{store: h}
 	if full && !r.opts.DryRun {
 		if err := h.Clear(ctx); err != nil {
-			return fmt.Errorf("clearing row-hash store of sync %s: %w", r.sync.Name, err)
+			return fmt.Errorf("clearing row-hash store of sync %s: %w", r.state, err)
 		}
 	}
 	// A store written before it kept destinations stands for those that the checkpoint
@@ -401,7 +456,7 @@ func (r *run) openHashes(ctx context.Context, prev *state.Checkpoint, full bool)
 	}
 	bits, err := h.Bits(ctx, r.destNames, legacy)
 	if err != nil {
-		return fmt.Errorf("row-hash store of sync %s: %w", r.sync.Name, err)
+		return fmt.Errorf("row-hash store of sync %s: %w", r.state, err)
 	}
 	r.diff.bits = bits
 	return nil
@@ -536,7 +591,7 @@ func (r *run) execute(ctx context.Context, src reader.Source, toRead []*state.Fi
 	defer close(finished)
 
 	// The saver first: writers wait on it.
-	sv := &saver{ledger: r.ledger, rejects: r.rejects, store: r.opts.Store, sync: r.sync.Name, saves: &r.saves, now: r.opts.Now}
+	sv := &saver{ledger: r.ledger, rejects: r.rejects, store: r.opts.Store, sync: r.state, saves: &r.saves, now: r.opts.Now}
 	if !r.opts.DryRun {
 		sv.start(deliverCtx, r.fail)
 	}

@@ -34,8 +34,8 @@ type saver struct {
 	condMu  sync.Mutex
 	durable uint64 // the version of the last successful save
 	ended   bool   // the loop ended (stopped or failed): nobody waits any more
-	// lastTook is how long the last save took (nanoseconds).
-	lastTook atomic.Int64
+	// took is how long saves take (nanoseconds, a moving average of the last few).
+	took atomic.Int64
 
 	quit chan struct{}
 	done chan struct{}
@@ -89,7 +89,13 @@ func (s *saver) save(ctx context.Context) error {
 	}
 	snap.UpdatedAt = s.now().UTC()
 	began := time.Now()
-	defer func() { s.lastTook.Store(int64(time.Since(began))) }()
+	defer func() {
+		d := int64(time.Since(began))
+		if old := s.took.Load(); old > 0 {
+			d = (3*old + d) / 4
+		}
+		s.took.Store(d)
+	}()
 	if err := s.rejects.flush(ctx); err != nil {
 		return fmt.Errorf("writing rejects file: %w", err)
 	}
@@ -112,14 +118,16 @@ func (s *saver) save(ctx context.Context) error {
 }
 
 // worthWaiting tells whether a writer whose batch took took should wait for the save
-// that counts it before taking the next batch: when a save costs at most a tenth of a
-// batch's write (a local state directory with a remote API), waiting bounds what a kill
-// resends to exactly the batches in flight for at most a tenth of the throughput; when
-// saves are dearer (s3:// state with a fast destination), the writer goes on, and a kill
-// also resends the batches acknowledged while the last save was written (SPEC.md counts
-// them as in flight).
+// that counts it before taking the next batch. When a save takes no longer than a batch's
+// write — a remote API, whatever the state; a local state with anything but the fastest
+// destinations — waiting bounds what a kill resends to exactly the batches in flight,
+// and costs little: group commit makes one save count every writer's batch. When saves
+// are slower than writes (s3:// state with a destination on the same host), waiting
+// would slow the sync to the pace of the saves: the writer goes on, and a kill also
+// resends the batches acknowledged while the last save was written (SPEC.md counts them
+// as in flight).
 func (s *saver) worthWaiting(took time.Duration) bool {
-	return s != nil && s.cond != nil && 10*time.Duration(s.lastTook.Load()) <= took
+	return s != nil && s.cond != nil && time.Duration(s.took.Load()) <= took
 }
 
 // waitSaved returns once a saved checkpoint counts the ledger's version v (or the loop

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,11 +42,16 @@ type LeaseHeldError struct {
 
 func (e *LeaseHeldError) Error() string {
 	h := e.Holder
+	what := e.Sync
+	if sync, shard, ok := strings.Cut(e.Sync, ".shard-"); ok {
+		// "users.shard-2-of-4" is shard 2/4 of sync users.
+		what = sync + " shard " + strings.Replace(shard, "-of-", "/", 1)
+	}
 	if h.Host == "" && h.RunID == "" {
-		return fmt.Sprintf("sync %s is running elsewhere (holder unknown)", e.Sync)
+		return fmt.Sprintf("sync %s is running elsewhere (holder unknown)", what)
 	}
 	return fmt.Sprintf("sync %s is running elsewhere (host %s, pid %d, run %s, since %s)",
-		e.Sync, h.Host, h.PID, h.RunID, h.Since.UTC().Format(time.RFC3339))
+		what, h.Host, h.PID, h.RunID, h.Since.UTC().Format(time.RFC3339))
 }
 
 func (e *LeaseHeldError) Is(target error) bool { return target == ErrLeaseHeld }

@@ -49,6 +49,10 @@ type Store interface {
 	AppendHistory(ctx context.Context, sync string, report []byte, keep int) error
 	// History returns the sync's kept run reports, newest first.
 	History(ctx context.Context, sync string) ([][]byte, error)
+	// States lists the checkpoints stored for the sync and for its shards
+	// ("<sync>.shard-I-of-N"): every method of the store takes such a state name where it
+	// takes a sync.
+	States(ctx context.Context, sync string) ([]StateInfo, error)
 	// Leaser: one run of a sync at a time, across processes sharing the store.
 	Leaser
 	// Probe proves that the sync's state can be written (it writes and deletes a probe).

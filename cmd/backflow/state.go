@@ -4,13 +4,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/internal/render"
+	"github.com/backflowhq/backflow/pipeline"
+	"github.com/backflowhq/backflow/state"
 )
 
 func newStateCommand(g *globalOptions) *cobra.Command {
@@ -25,6 +29,7 @@ func newStateCommand(g *globalOptions) *cobra.Command {
 		},
 	}
 	var asJSON bool
+	var shardFlag string
 	show := &cobra.Command{
 		Use:   "show",
 		Short: "Print the sync's checkpoint: what every destination acknowledged",
@@ -39,9 +44,10 @@ func newStateCommand(g *globalOptions) *cobra.Command {
 		Short: "Delete the sync's checkpoint and row hashes: the next run is a full sync",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runStateReset(cmd, g)
+			return runStateReset(cmd, g, shardFlag)
 		},
 	}
+	reset.Flags().StringVar(&shardFlag, "shard", "", "reset only this shard's state (I/N); default: the sync's and every shard's")
 	c.AddCommand(show, reset)
 	return c
 }
@@ -60,20 +66,60 @@ func runStateShow(cmd *cobra.Command, g *globalOptions, asJSON bool) error {
 	if err != nil {
 		return err
 	}
+	// The checkpoints of the sync's shards (`sync --shard I/N`), each its own.
+	type shardState struct {
+		Shard      string            `json:"shard"`
+		Checkpoint *state.Checkpoint `json:"checkpoint"`
+	}
+	var shards []shardState
+	states, err := store.States(ctx, s.Name)
+	if err != nil {
+		return err
+	}
+	for _, st := range states {
+		_, shard, err := pipeline.ParseStateName(st.Name)
+		if err != nil || !shard.Sharded() {
+			continue
+		}
+		scp, err := store.Load(ctx, st.Name)
+		if err != nil {
+			return err
+		}
+		if scp != nil {
+			shards = append(shards, shardState{Shard: shard.String(), Checkpoint: scp})
+		}
+	}
 	out := cmd.OutOrStdout()
 	if asJSON {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
+		if len(shards) > 0 {
+			return enc.Encode(map[string]any{"sync": s.Name, "checkpoint": cp, "shards": shards})
+		}
 		if cp == nil {
 			return enc.Encode(map[string]any{"sync": s.Name, "checkpoint": nil})
 		}
 		return enc.Encode(cp)
 	}
-	if cp == nil {
-		fmt.Fprintf(out, "Sync %s has no checkpoint in %s: the next run is a first sync.\n", s.Name, store.String())
+	for _, sh := range shards {
+		if err := printCheckpoint(out, s, store.String(), "shard "+sh.Shard+" of sync "+s.Name, sh.Checkpoint); err != nil {
+			return err
+		}
+		fmt.Fprintln(out)
+	}
+	if cp == nil && len(shards) > 0 {
 		return nil
 	}
-	fmt.Fprintf(out, "Sync %s, checkpoint in %s, updated %s by run %s\n", s.Name, store.String(), cp.UpdatedAt.Format("2006-01-02T15:04:05Z07:00"), cp.LastRunID)
+	return printCheckpoint(out, s, store.String(), "sync "+s.Name, cp)
+}
+
+// printCheckpoint prints one checkpoint (the sync's or a shard's) as a table.
+func printCheckpoint(out io.Writer, s *config.Sync, where, what string, cp *state.Checkpoint) error {
+	if cp == nil {
+		fmt.Fprintf(out, "Sync %s has no checkpoint in %s: the next run is a first sync.\n", s.Name, where)
+		return nil
+	}
+	fmt.Fprintf(out, "%s, checkpoint in %s, updated %s by run %s\n", capitalize(what), where, cp.UpdatedAt.Format("2006-01-02T15:04:05Z07:00"), cp.LastRunID)
 	fmt.Fprintf(out, "fingerprints: mapping %s, source %s, schema %s\n\n", cp.MappingFingerprint, cp.SourceFingerprint, cp.SchemaFingerprint)
 	var names []string
 	for _, d := range s.Destinations {
@@ -106,19 +152,55 @@ func runStateShow(cmd *cobra.Command, g *globalOptions, asJSON bool) error {
 	return nil
 }
 
-func runStateReset(cmd *cobra.Command, g *globalOptions) error {
+func runStateReset(cmd *cobra.Command, g *globalOptions, shardFlag string) error {
 	ctx := cmd.Context()
 	cfg, s, err := g.loadSync()
 	if err != nil {
 		return err
 	}
+	names := []string{s.Name}
+	if shardFlag != "" {
+		shard, err := pipeline.ParseShard(shardFlag)
+		if err != nil {
+			return &usageError{fmt.Errorf("--shard: %w", err)}
+		}
+		names = []string{shard.StateName(s.Name)}
+	}
 	store, err := openStore(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	if err := store.Reset(ctx, s.Name); err != nil {
-		return fmt.Errorf("resetting state of sync %s: %w", s.Name, err)
+	if shardFlag == "" {
+		// The sync's state and every shard's.
+		states, err := store.States(ctx, s.Name)
+		if err != nil {
+			return err
+		}
+		for _, st := range states {
+			if st.Name != s.Name {
+				names = append(names, st.Name)
+			}
+		}
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "Reset the checkpoint of sync %s in %s: the next run is a full sync.\n", s.Name, store.String())
+	for _, name := range names {
+		if err := store.Reset(ctx, name); err != nil {
+			return fmt.Errorf("resetting state of sync %s: %w", name, err)
+		}
+	}
+	what := "the checkpoint of sync " + s.Name
+	switch {
+	case shardFlag != "":
+		what = "the checkpoint of shard " + shardFlag + " of sync " + s.Name
+	case len(names) > 1:
+		what = fmt.Sprintf("the checkpoints of sync %s and its %d shards", s.Name, len(names)-1)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "Reset %s in %s: the next run is a full sync.\n", what, store.String())
 	return nil
+}
+
+func capitalize(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
 }

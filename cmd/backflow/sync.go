@@ -25,6 +25,7 @@ type syncOptions struct {
 	report   string
 	grace    time.Duration
 	wait     time.Duration
+	shard    string
 	progress string
 }
 
@@ -43,6 +44,7 @@ func newSyncCommand(g *globalOptions) *cobra.Command {
 	f.BoolVar(&o.dryRun, "dry-run", false, "read, map and count, but send nothing and write no state")
 	f.StringVar(&o.report, "report", "", "write the run report as JSON to this file")
 	f.DurationVar(&o.grace, "grace", 30*time.Second, "on SIGINT/SIGTERM, how long batches in flight may take to finish")
+	f.StringVar(&o.shard, "shard", "", "run shard I of N (I/N, from 0; default $BACKFLOW_SHARD): each shard syncs its own part and keeps its own state")
 	f.DurationVar(&o.wait, "wait", 0, "when another run of the sync holds its lease, wait this long for it (default: exit 1 at once)")
 	f.StringVar(&o.progress, "progress", "auto", "progress bar: auto (on a terminal), always or never")
 	return c
@@ -62,6 +64,18 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 	if o.wait < 0 {
 		return &usageError{fmt.Errorf("--wait %s: must not be negative", o.wait)}
 	}
+	var shard pipeline.Shard
+	shardSpec, shardFrom := o.shard, "--shard"
+	if shardSpec == "" {
+		shardSpec, _ = g.getenv("BACKFLOW_SHARD")
+		shardFrom = "BACKFLOW_SHARD"
+	}
+	if shardSpec != "" {
+		if shard, err = pipeline.ParseShard(shardSpec); err != nil {
+			return &usageError{fmt.Errorf("%s: %w", shardFrom, err)}
+		}
+	}
+	stateName := shard.StateName(s.Name)
 	if o.report != "" {
 		// Found before anything is read or sent: a run whose report cannot be written
 		// would be a run nobody can account for.
@@ -103,6 +117,7 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 		Version:  version,
 		Grace:    o.grace,
 		Wait:     o.wait,
+		Shard:    shard,
 		RunID:    runID,
 		// run.started goes out once the run holds the sync's lease: a run that finds
 		// another one active did not start.
@@ -125,7 +140,7 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 		notifier.Finished(context.WithoutCancel(ctx), rep)
 		if b, err := json.Marshal(rep); err == nil {
 			hctx, cancel := context.WithTimeout(ctx, time.Minute)
-			err := store.AppendHistory(hctx, s.Name, b, cfg.Serve.History)
+			err := store.AppendHistory(hctx, stateName, b, cfg.Serve.History)
 			cancel()
 			if err != nil {
 				logger.Warn("recording the run in the history", "error", err)
