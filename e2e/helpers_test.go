@@ -265,6 +265,7 @@ type report struct {
 	Status         string `json:"status"`
 	Mode           string `json:"mode"`
 	Shard          string `json:"shard"`
+	PeakRSSBytes   int64  `json:"peak_rss_bytes"`
 	DryRun         bool   `json:"dry_run"`
 	FullSync       bool   `json:"full_sync"`
 	FullSyncReason string `json:"full_sync_reason"`

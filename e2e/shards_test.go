@@ -39,8 +39,8 @@ func shardRun(t *testing.T, w *workspace, n int, extra ...string) []*report {
 			t.Fatalf("shard %d/%d: want exit 0\n%s", i, n, r)
 		}
 		out[i] = readReport(t, reports[i], r)
-		if out[i].Shard != fmt.Sprintf("%d/%d", i, n) {
-			t.Errorf("shard %d/%d: the report says shard %q", i, n, out[i].Shard)
+		if want := fmt.Sprintf("%d/%d", i, n); n > 1 && out[i].Shard != want {
+			t.Errorf("shard %s: the report says shard %q", want, out[i].Shard)
 		}
 	}
 	return out
@@ -231,4 +231,36 @@ func distinctUserIDs(msgs []message) int {
 		seen[m.UserID] = true
 	}
 	return len(seen)
+}
+
+// TestFigureShardsThroughput times 1, 2 and 4 shards against a latency-bound destination
+// (a webhook taking 20 ms a batch, max_in_flight 1), with the peak RSS of each shard.
+// BACKFLOW_FIGURES=1 go test -run TestFigureShardsThroughput -v ./e2e/
+func TestFigureShardsThroughput(t *testing.T) {
+	if os.Getenv("BACKFLOW_FIGURES") != "1" {
+		t.Skip("set BACKFLOW_FIGURES=1 to measure")
+	}
+	const files, per = 16, 5000
+	var base time.Duration
+	for _, n := range []int{1, 2, 4} {
+		hook := destinationstest.NewSegmentServer(t, destinationstest.SegmentServerOptions{Path: "/hook", Delay: 20 * time.Millisecond})
+		w := newWorkspace(t)
+		w.writeUsers("", exampledata.Options{Files: files, RowsPerFile: per, RowGroupRows: 500, Seed: 79})
+		w.writeConfig(usersConfig(map[string]any{"type": "webhook", "url": hook.URL + "/hook", "batch_size": 100, "max_in_flight": 1}))
+		began := time.Now()
+		reps := shardRun(t, w, n)
+		took := time.Since(began)
+		var peaks []string
+		for _, r := range reps {
+			peaks = append(peaks, fmt.Sprintf("%d MiB", r.PeakRSSBytes>>20))
+		}
+		if n == 1 {
+			base = took
+		}
+		if got := received(t, hook); distinctIDs(got) != files*per {
+			t.Fatalf("%d shards delivered %d distinct messages, want %d", n, distinctIDs(got), files*per)
+		}
+		t.Logf("%d shard(s): %d rows in %s (%.0f rows/s, %.2f× one shard); peak RSS per shard %s",
+			n, files*per, took.Round(time.Millisecond), float64(files*per)/took.Seconds(), base.Seconds()/took.Seconds(), strings.Join(peaks, ", "))
+	}
 }

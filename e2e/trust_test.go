@@ -95,6 +95,10 @@ func trustRunMeasured(t *testing.T, dir string, timeout time.Duration, args ...s
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	// The binary's own figure (VmHWM, in its report): the rusage of a child counts the
+	// memory of the process that started it too (Linux keeps it across exec).
+	reportPath := filepath.Join(t.TempDir(), "report.json")
+	args = append(args, "--report", reportPath)
 	cmd := exec.CommandContext(ctx, binary, args...)
 	cmd.Dir = dir
 	cmd.Env = baseEnv(nil)
@@ -107,6 +111,12 @@ func trustRunMeasured(t *testing.T, dir string, timeout time.Duration, args ...s
 	}
 	if ctx.Err() != nil {
 		t.Fatalf("backflow %s did not end within %v\n%s", strings.Join(args, " "), timeout, out)
+	}
+	var rep struct {
+		PeakRSSBytes int64 `json:"peak_rss_bytes"`
+	}
+	if b, err := os.ReadFile(reportPath); err == nil && json.Unmarshal(b, &rep) == nil && rep.PeakRSSBytes > 0 {
+		return cmd.ProcessState.ExitCode(), rep.PeakRSSBytes >> 10, out
 	}
 	ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)
 	if !ok {

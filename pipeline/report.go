@@ -35,6 +35,9 @@ type Report struct {
 	RetryOf string `json:"retry_of,omitempty"`
 	// FileErrors names each rejected or vanished file and why.
 	FileErrors []FileError `json:"file_errors,omitempty"`
+	// PeakRSSBytes is the process's peak resident memory when the run ended (where the
+	// system tells it; `backflow sync` only).
+	PeakRSSBytes int64 `json:"peak_rss_bytes,omitempty"`
 	// CheckpointSaves counts the checkpoints this run wrote.
 	CheckpointSaves int64 `json:"checkpoint_saves,omitempty"`
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/backflowhq/backflow/destinations/all"
+	"github.com/backflowhq/backflow/internal/procstat"
 	"github.com/backflowhq/backflow/notify"
 	"github.com/backflowhq/backflow/pipeline"
 	"github.com/backflowhq/backflow/state"
@@ -129,6 +130,9 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 	if errors.Is(runErr, state.ErrLeaseHeld) {
 		// Another run is active: this one did nothing, and says only that.
 		return runErr
+	}
+	if peak, ok := procstat.PeakRSS(); ok && rep != nil {
+		rep.PeakRSSBytes = peak
 	}
 	// The history and the report are written even when the run was interrupted: ctx is
 	// done then, and they must not be lost with it.
