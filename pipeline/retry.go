@@ -43,6 +43,9 @@ type RetryOptions struct {
 	BufferBytes int64
 	// Wait is how long to wait for the sync's lease when another run holds it.
 	Wait time.Duration
+	// Shard is the shard whose rejected rows are retried (its rejects, checkpoint, lease
+	// and history are its own); the zero Shard is the whole sync.
+	Shard Shard
 	// Now tells the time (tests); default time.Now.
 	Now func() time.Time
 }
@@ -74,7 +77,7 @@ func Retry(ctx context.Context, opts RetryOptions) (*Report, error) {
 		ttl = opts.Config.State.LeaseTTL
 	}
 	host, _ := os.Hostname()
-	lease, err := state.AcquireWait(ctx, opts.Store, opts.Sync.Name,
+	lease, err := state.AcquireWait(ctx, opts.Store, opts.Shard.StateName(opts.Sync.Name),
 		state.Holder{Host: host, PID: os.Getpid(), RunID: rt.report.RunID, Since: rt.start},
 		ttl, opts.Wait, min(max(ttl/10, 200*time.Millisecond), 2*time.Second), nil)
 	if err != nil {
@@ -97,7 +100,7 @@ func Retry(ctx context.Context, opts RetryOptions) (*Report, error) {
 		case <-ctx.Done():
 		}
 	}()
-	rej, err := ReadRejects(ctx, opts.Store, opts.Sync.Name, opts.Of)
+	rej, err := ReadRejects(ctx, opts.Store, opts.Shard.StateName(opts.Sync.Name), opts.Of)
 	if err != nil {
 		if errors.Is(err, state.ErrNoRejects) {
 			return nil, err
@@ -169,6 +172,7 @@ func newRetryRun(opts RetryOptions) *retryRun {
 	}
 	rt.report = &Report{
 		Sync:         opts.Sync.Name,
+		Shard:        opts.Shard.String(),
 		RunID:        opts.RunID,
 		RetryOf:      opts.Of,
 		Mode:         opts.Sync.Mode,
@@ -192,7 +196,7 @@ func (rt *retryRun) run(ctx context.Context, rej *Rejects) (err error) {
 		rt.log.Warn("rejects file has lines that are not rejected rows; they are left out",
 			"rejects_file", rej.Location, "lines", rej.Unreadable)
 	}
-	rf, err := opts.Store.Rejects(ctx, opts.Sync.Name, opts.RunID)
+	rf, err := opts.Store.Rejects(ctx, opts.Shard.StateName(opts.Sync.Name), opts.RunID)
 	if err != nil {
 		return fmt.Errorf("opening rejects file: %w", err)
 	}
@@ -255,7 +259,7 @@ func (rt *retryRun) run(ctx context.Context, rej *Rejects) (err error) {
 	for _, o := range listing.Objects {
 		listed[o.Key] = o
 	}
-	cp, err := opts.Store.Load(ctx, opts.Sync.Name)
+	cp, err := opts.Store.Load(ctx, opts.Shard.StateName(opts.Sync.Name))
 	if err != nil {
 		return fmt.Errorf("loading checkpoint of sync %s: %w", opts.Sync.Name, err)
 	}
@@ -650,7 +654,7 @@ func (rt *retryRun) record(ctx context.Context) {
 	if err == nil {
 		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
-		err = rt.opts.Store.AppendHistory(hctx, rt.opts.Sync.Name, b, keep)
+		err = rt.opts.Store.AppendHistory(hctx, rt.opts.Shard.StateName(rt.opts.Sync.Name), b, keep)
 	}
 	if err != nil {
 		rt.log.Warn("recording the retry in the run history", "error", err)

@@ -22,7 +22,8 @@ type globalOptions struct {
 
 	stdout, stderr io.Writer
 	getenv         func(string) (string, bool)
-	secrets        []string // filled once the config is loaded, to scrub output
+
+	secrets []string // filled once the config is loaded, to scrub output
 }
 
 func (g *globalOptions) addFlags(c *cobra.Command) {

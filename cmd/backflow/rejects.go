@@ -24,13 +24,15 @@ import (
 )
 
 type rejectsListOptions struct {
-	run  string
-	json bool
+	run   string
+	json  bool
+	shard *string // the rejects command's --shard
 }
 
 type rejectsRetryOptions struct {
 	run    string
 	report string
+	shard  *string // the rejects command's --shard
 }
 
 func newRejectsCommand(g *globalOptions) *cobra.Command {
@@ -73,8 +75,23 @@ Without --run, the newest run with rejects that no retry has settled yet is retr
 	}
 	retry.Flags().StringVar(&ro.run, "run", "", "the run id (default: the newest run with rejects not yet retried)")
 	retry.Flags().StringVar(&ro.report, "report", "", "write the retry's run report as JSON to this file")
+	var shard string
+	c.PersistentFlags().StringVar(&shard, "shard", "", "the rejects of shard I/N (`sync --shard`); default: the unsharded sync's")
+	lo.shard, ro.shard = &shard, &shard
 	c.AddCommand(list, retry)
 	return c
+}
+
+// rejectsShard is the shard of --shard (the zero Shard without it).
+func rejectsShard(flag *string) (pipeline.Shard, error) {
+	if flag == nil || *flag == "" {
+		return pipeline.Shard{}, nil
+	}
+	shard, err := pipeline.ParseShard(*flag)
+	if err != nil {
+		return shard, &usageError{fmt.Errorf("--shard: %w", err)}
+	}
+	return shard, nil
 }
 
 // noRejectsError is a run id without a rejects file (exit 2): it names the runs that
@@ -94,7 +111,7 @@ func noRejectsError(sync, runID string, runs []string) error {
 
 // rejectsRuns opens the state and lists the runs of the sync that have rejects, newest
 // first. A history that cannot be read is only a warning.
-func rejectsRuns(ctx context.Context, g *globalOptions) (*config.Config, *config.Sync, state.Store, []pipeline.RejectsRun, error) {
+func rejectsRuns(ctx context.Context, g *globalOptions, shardFlag *string) (*config.Config, *config.Sync, state.Store, []pipeline.RejectsRun, error) {
 	cfg, s, err := g.loadSync()
 	if err != nil {
 		return nil, nil, nil, nil, err
@@ -103,7 +120,11 @@ func rejectsRuns(ctx context.Context, g *globalOptions) (*config.Config, *config
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
-	runs, err := pipeline.RunsWithRejects(ctx, store, s.Name)
+	shard, err := rejectsShard(shardFlag)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	runs, err := pipeline.RunsWithRejects(ctx, store, shard.StateName(s.Name))
 	if err != nil && runs == nil {
 		return nil, nil, nil, nil, err
 	}
@@ -150,7 +171,7 @@ func runIDs(runs []pipeline.RejectsRun) []string {
 
 func runRejectsList(cmd *cobra.Command, g *globalOptions, o rejectsListOptions) error {
 	ctx := cmd.Context()
-	_, s, store, runs, err := rejectsRuns(ctx, g)
+	_, s, store, runs, err := rejectsRuns(ctx, g, o.shard)
 	if err != nil {
 		return err
 	}
@@ -172,7 +193,8 @@ func runRejectsList(cmd *cobra.Command, g *globalOptions, o rejectsListOptions) 
 		}
 	}
 	runID := run.ID
-	rej, err := pipeline.ReadRejects(ctx, store, s.Name, runID)
+	shard, _ := rejectsShard(o.shard) // checked by rejectsRuns
+	rej, err := pipeline.ReadRejects(ctx, store, shard.StateName(s.Name), runID)
 	if errors.Is(err, state.ErrNoRejects) {
 		return noRejectsError(s.Name, runID, runIDs(runs))
 	}
@@ -276,7 +298,7 @@ func writeJSON(out io.Writer, v any) error {
 
 func runRejectsRetry(cmd *cobra.Command, g *globalOptions, o rejectsRetryOptions) error {
 	ctx := cmd.Context()
-	cfg, s, store, runs, err := rejectsRuns(ctx, g)
+	cfg, s, store, runs, err := rejectsRuns(ctx, g, o.shard)
 	if err != nil {
 		return err
 	}
@@ -310,9 +332,11 @@ func runRejectsRetry(cmd *cobra.Command, g *globalOptions, o rejectsRetryOptions
 			"run", runID, "retried_by", r.RetriedBy.RunID)
 	}
 
+	shard, _ := rejectsShard(o.shard) // checked by rejectsRuns
 	rep, runErr := pipeline.Retry(ctx, pipeline.RetryOptions{
 		Config:   cfg,
 		Sync:     s,
+		Shard:    shard,
 		Of:       runID,
 		Registry: all.Registry(),
 		Store:    store,
