@@ -396,15 +396,15 @@ func TestTrustOneRunAtATime(t *testing.T) {
 		m := testutil.StartMinIO(t)
 		state := m.Bucket(t)
 		lost := 0
-		for i := 0; i < 4 && !t.Failed(); i++ {
+		for i := 0; i < 20 && !t.Failed(); i++ {
 			s, hook := newSpace(t, fmt.Sprintf("  url: s3://%s/pair-%d\n", state, i)+trustS3YAML(m, 2))
 			if trustTwoAtOnce(t, s, hook, fmt.Sprintf("s3 pair %d", i+1)) {
 				lost++
 			}
 		}
-		t.Logf("one run of the pair found the sync running in %d of 4 pairs", lost)
+		t.Logf("one run of the pair found the sync running in %d of 20 pairs", lost)
 		if lost == 0 {
-			t.Errorf("in 4 pairs of runs started at once on s3:// state, no run ever found the other holding the sync")
+			t.Errorf("in 20 pairs of runs started at once on s3:// state, no run ever found the other holding the sync")
 		}
 	})
 
