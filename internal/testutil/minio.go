@@ -263,18 +263,26 @@ func (m *MinIO) Put(t testing.TB, bucket, key string, data []byte) {
 }
 
 // Get reads bucket/key.
+// A body cut short (a loaded machine: the server drops the connection) is read again,
+// a few times: the object is whole on the server.
 func (m *MinIO) Get(t testing.TB, bucket, key string) []byte {
 	t.Helper()
-	out, err := m.Client.GetObject(context.Background(), &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)})
-	if err != nil {
-		t.Fatalf("getting s3://%s/%s: %v", bucket, key, err)
+	var lastErr error
+	for range 3 {
+		out, err := m.Client.GetObject(context.Background(), &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)})
+		if err != nil {
+			t.Fatalf("getting s3://%s/%s: %v", bucket, key, err)
+		}
+		var buf bytes.Buffer
+		_, err = buf.ReadFrom(out.Body)
+		out.Body.Close()
+		if err == nil {
+			return buf.Bytes()
+		}
+		lastErr = err
 	}
-	defer out.Body.Close()
-	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(out.Body); err != nil {
-		t.Fatalf("reading s3://%s/%s: %v", bucket, key, err)
-	}
-	return buf.Bytes()
+	t.Fatalf("reading s3://%s/%s: %v", bucket, key, lastErr)
+	return nil
 }
 
 // List returns every key under prefix in bucket, sorted.
