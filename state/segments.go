@@ -1,0 +1,349 @@
+package state
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// A checkpoint with many files is a small head (checkpoints/<sync>.json) plus settled
+// segments (checkpoints/<sync>.seg-<id>.jsonl.gz), so that a save costs what changed
+// since the last compaction, not the whole checkpoint:
+//
+//   - a segment is gzipped JSON lines — a header line, then one file entry a line, or a
+//     tombstone {"removed": key} for a key an older segment may hold — written once
+//     under a fresh id and never changed;
+//   - the head names its segments, oldest first, and holds the live entries: those
+//     changed since the last compaction, and the keys removed since (removed);
+//   - loading reads the head, then the segments in order; a newer segment overrides an
+//     older one, the head overrides them all.
+//
+// When the head would hold more than compactAt live entries (or removed keys), Save
+// first writes them as a new segment, then the head naming it with no live entry; with
+// more than mergeAt segments it merges them all (and the live entries) into one. A crash
+// between the two writes leaves the old head, valid, and an orphan segment that a later
+// compaction deletes. Segments a saved head no longer names are deleted after it is
+// saved.
+var (
+	compactAt = 10000
+	mergeAt   = 8
+	// orphanAge is how old a segment no head names must be before a compaction deletes
+	// it: younger ones may belong to a save under way (a runner that lost the sync's
+	// lease without knowing it), whose head would otherwise name a deleted segment.
+	orphanAge = time.Hour
+)
+
+const (
+	segmentInfix  = ".seg-"
+	segmentSuffix = ".jsonl.gz"
+	// loadAttempts bounds the reloads of a head whose segment vanished under a Load:
+	// a concurrent save merged it away, and the newer head names its replacement.
+	loadAttempts = 3
+)
+
+// segmentName is the file name (or last key element) of a segment of sync.
+func segmentName(sync, id string) string { return sync + segmentInfix + id + segmentSuffix }
+
+// segmentIDOf returns the id of a segment file name of sync ("" when name is not one).
+func segmentIDOf(sync, name string) string {
+	rest, ok := strings.CutPrefix(name, sync+segmentInfix)
+	if !ok {
+		return ""
+	}
+	id, ok := strings.CutSuffix(rest, segmentSuffix)
+	if !ok || !validSegmentID(id) {
+		return "" // e.g. a segment of a sync named "<sync>.seg-x"
+	}
+	return id
+}
+
+func validSegmentID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, r := range id {
+		if !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// newSegmentID sorts by creation time (for people reading a listing) and is unique.
+func newSegmentID() string {
+	return time.Now().UTC().Format("20060102T150405") + rand.Text()[:12]
+}
+
+// errSegmentMissing is a segment named by a head that is not there.
+var errSegmentMissing = errors.New("segment is missing")
+
+// segmentStore is what a store offers for segments: whole objects, written once.
+type segmentStore interface {
+	readSegment(ctx context.Context, sync, id string) ([]byte, error) // errSegmentMissing
+	writeSegment(ctx context.Context, sync, id string, data []byte) error
+	// listSegments returns the ids of the sync's stored segments with their age.
+	listSegments(ctx context.Context, sync string) (map[string]time.Duration, error)
+	deleteSegment(ctx context.Context, sync, id string) error
+	segmentWhere(sync, id string) string
+}
+
+// segmentHeader is a segment's first line.
+type segmentHeader struct {
+	Version int    `json:"version"`
+	Sync    string `json:"sync"`
+	Segment string `json:"segment"`
+}
+
+// segmentLine is one entry line, or a tombstone when Removed is set.
+type segmentLine struct {
+	File
+	Removed string `json:"removed,omitempty"`
+}
+
+type tombstone struct {
+	Removed string `json:"removed"`
+}
+
+// encodeSegment writes the entries of files and the tombstones of removed as a segment.
+func encodeSegment(sync, id string, files map[string]*File, removed []string) ([]byte, error) {
+	var buf bytes.Buffer
+	// Fastest compression: a merge writes every entry once, and the segment is still
+	// several times smaller than the JSON it replaces.
+	zw, err := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+	if err != nil {
+		return nil, err
+	}
+	bw := bufio.NewWriterSize(zw, 256<<10)
+	enc := json.NewEncoder(bw)
+	if err := enc.Encode(segmentHeader{Version: Version, Sync: sync, Segment: id}); err != nil {
+		return nil, err
+	}
+	for _, f := range files {
+		if err := enc.Encode(f); err != nil {
+			return nil, fmt.Errorf("encoding entry %q: %w", f.Key, err)
+		}
+	}
+	for _, k := range removed {
+		if err := enc.Encode(tombstone{Removed: k}); err != nil {
+			return nil, err
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return nil, err
+	}
+	if err := zw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// applySegment reads a segment into files: entries override, tombstones delete.
+func applySegment(data []byte, sync, id, where string, files map[string]*File) error {
+	corrupt := func(format string, args ...any) error {
+		return &CorruptError{What: "checkpoint segment", Where: where, Sync: sync, Err: fmt.Errorf(format, args...)}
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(data))
+	if err != nil {
+		return corrupt("%v", err)
+	}
+	sc := bufio.NewScanner(zr)
+	// An entry with many acknowledged ranges can be long; the limit only guards memory.
+	sc.Buffer(make([]byte, 0, 64<<10), 256<<20)
+	if !sc.Scan() {
+		if err := sc.Err(); err != nil {
+			return corrupt("%v", err)
+		}
+		return corrupt("no header")
+	}
+	var h segmentHeader
+	if err := json.Unmarshal(sc.Bytes(), &h); err != nil {
+		return corrupt("header: %v", err)
+	}
+	switch {
+	case h.Version > Version:
+		return &NewerFormatError{What: "checkpoint segment", Where: where, Version: h.Version}
+	case h.Sync != sync || h.Segment != id:
+		return corrupt("it is segment %q of sync %q", h.Segment, h.Sync)
+	}
+	for sc.Scan() {
+		var l segmentLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			return corrupt("%v", err)
+		}
+		if l.Removed != "" {
+			delete(files, l.Removed)
+			continue
+		}
+		f := &l.File
+		if f.Key == "" {
+			return corrupt("an entry has no key")
+		}
+		if err := checkFile(f.Key, f); err != nil {
+			return corrupt("%v", err)
+		}
+		files[f.Key] = f
+	}
+	if err := sc.Err(); err != nil {
+		// A truncated gzip stream ends here too: segments are written whole, so this is
+		// damage, not a crash.
+		return corrupt("%v", err)
+	}
+	return nil
+}
+
+// loadSegments completes a decoded head: it reads the head's segments into cp.Files
+// under the head's own entries, drops removed, and starts tracking changes. A head
+// without segments stays untracked: Save writes it whole, as format 1 always did.
+func loadSegments(ctx context.Context, st segmentStore, cp *Checkpoint, removed []string) error {
+	if len(cp.segments) == 0 {
+		return nil
+	}
+	head := cp.Files
+	files := make(map[string]*File, len(head))
+	for _, id := range cp.segments {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		data, err := st.readSegment(ctx, cp.Sync, id)
+		if err != nil {
+			return err
+		}
+		if err := applySegment(data, cp.Sync, id, st.segmentWhere(cp.Sync, id), files); err != nil {
+			return err
+		}
+	}
+	cp.live = make(map[string]uint64, len(head)+len(removed))
+	cp.tick = 1
+	for _, k := range removed {
+		delete(files, k)
+		cp.live[k] = cp.tick
+	}
+	for k, f := range head {
+		files[k] = f
+		cp.live[k] = cp.tick
+	}
+	cp.Files = files
+	return nil
+}
+
+// headDelta returns what the head of cp holds: the live entries and the removed keys.
+func headDelta(cp *Checkpoint) (files map[string]*File, removed []string) {
+	if cp.live == nil {
+		return cp.Files, nil
+	}
+	files = make(map[string]*File, len(cp.live))
+	for k := range cp.live {
+		if f := cp.Files[k]; f != nil {
+			files[k] = f
+		} else if len(cp.segments) > 0 {
+			removed = append(removed, k)
+		}
+	}
+	return files, removed
+}
+
+// savePlan is one save: the head to write and what to do once it is written.
+type savePlan struct {
+	head     []byte
+	segments []string // the head's segments
+	// compacted: the head holds no live entry; after the write cp.live empties.
+	compacted bool
+	// obsolete are segments the new head no longer names (merged away).
+	obsolete []string
+}
+
+// planSave encodes the head of cp with generation gen, compacting first (writing a
+// segment) when the head would be too big. Nothing it writes is reachable before the
+// head is: a crash or a failed conditional write leaves at worst an orphan segment.
+func planSave(ctx context.Context, st segmentStore, cp *Checkpoint, gen string) (*savePlan, error) {
+	if cp == nil {
+		return nil, errors.New("saving a nil checkpoint")
+	}
+	if err := checkName("sync name", cp.Sync); err != nil {
+		return nil, fmt.Errorf("saving checkpoint: %w", err)
+	}
+	files, removed := headDelta(cp)
+	if len(files)+len(removed) <= compactAt {
+		head, err := encodeHead(cp, gen, files, cp.segments, removed)
+		if err != nil {
+			return nil, err
+		}
+		return &savePlan{head: head, segments: cp.segments}, nil
+	}
+	p := &savePlan{compacted: true}
+	id := newSegmentID()
+	if len(cp.segments)+1 > mergeAt {
+		// Merge: the segments in order, then the live entries, into one segment with no
+		// tombstone (nothing is below it).
+		merged := make(map[string]*File)
+		for _, old := range cp.segments {
+			data, err := st.readSegment(ctx, cp.Sync, old)
+			if err != nil {
+				return nil, fmt.Errorf("merging checkpoint segments: %w", err)
+			}
+			if err := applySegment(data, cp.Sync, old, st.segmentWhere(cp.Sync, old), merged); err != nil {
+				return nil, fmt.Errorf("merging checkpoint segments: %w", err)
+			}
+		}
+		for _, k := range removed {
+			delete(merged, k)
+		}
+		for k, f := range files {
+			merged[k] = f
+		}
+		files, removed = merged, nil
+		p.obsolete = cp.segments
+		p.segments = []string{id}
+	} else {
+		if len(cp.segments) == 0 {
+			removed = nil
+		}
+		p.segments = append(append(make([]string, 0, len(cp.segments)+1), cp.segments...), id)
+	}
+	data, err := encodeSegment(cp.Sync, id, files, removed)
+	if err != nil {
+		return nil, fmt.Errorf("encoding checkpoint segment of sync %q: %w", cp.Sync, err)
+	}
+	if err := st.writeSegment(ctx, cp.Sync, id, data); err != nil {
+		return nil, fmt.Errorf("saving checkpoint segment: %w", err)
+	}
+	if p.head, err = encodeHead(cp, gen, nil, p.segments, nil); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// finish records a written head in cp and, after a compaction, deletes the segments no
+// head names any more: those merged away, and orphans of crashed or conflicting saves
+// older than orphanAge. Failing to delete loses nothing (a later compaction tries
+// again), so it is not an error.
+func (p *savePlan) finish(ctx context.Context, st segmentStore, cp *Checkpoint) {
+	cp.segments = p.segments
+	if !p.compacted {
+		return
+	}
+	cp.live = map[string]uint64{}
+	keep := make(map[string]bool, len(p.segments))
+	for _, id := range p.segments {
+		keep[id] = true
+	}
+	for _, id := range p.obsolete {
+		_ = st.deleteSegment(ctx, cp.Sync, id)
+	}
+	stored, err := st.listSegments(ctx, cp.Sync)
+	if err != nil {
+		return
+	}
+	for id, age := range stored {
+		if !keep[id] && age >= orphanAge {
+			_ = st.deleteSegment(ctx, cp.Sync, id)
+		}
+	}
+}
