@@ -175,7 +175,7 @@ func (s *localStore) writeSegment(_ context.Context, sync, id string, data []byt
 	return nil
 }
 
-func (s *localStore) listSegments(_ context.Context, sync string) (map[string]time.Duration, error) {
+func (s *localStore) listSegments(_ context.Context, sync string) (map[string]segmentInfo, error) {
 	dir := filepath.Join(s.dir, checkpointsDir)
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -184,7 +184,7 @@ func (s *localStore) listSegments(_ context.Context, sync string) (map[string]ti
 	if err != nil {
 		return nil, fmt.Errorf("listing checkpoint segments in %s: %w", dir, err)
 	}
-	out := map[string]time.Duration{}
+	out := map[string]segmentInfo{}
 	for _, e := range entries {
 		id := segmentIDOf(sync, e.Name())
 		if id == "" {
@@ -194,7 +194,7 @@ func (s *localStore) listSegments(_ context.Context, sync string) (map[string]ti
 		if err != nil {
 			continue // deleted meanwhile
 		}
-		out[id] = time.Since(info.ModTime())
+		out[id] = segmentInfo{age: time.Since(info.ModTime()), size: info.Size()}
 	}
 	return out, nil
 }

@@ -229,9 +229,9 @@ func (s *s3Store) writeSegment(ctx context.Context, sync, id string, data []byte
 	return nil
 }
 
-func (s *s3Store) listSegments(ctx context.Context, sync string) (map[string]time.Duration, error) {
+func (s *s3Store) listSegments(ctx context.Context, sync string) (map[string]segmentInfo, error) {
 	prefix := s.key(checkpointsDir, sync+segmentInfix)
-	out := map[string]time.Duration{}
+	out := map[string]segmentInfo{}
 	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: aws.String(s.bucket), Prefix: aws.String(prefix)})
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
@@ -243,7 +243,7 @@ func (s *s3Store) listSegments(ctx context.Context, sync string) (map[string]tim
 			if id == "" {
 				continue
 			}
-			out[id] = time.Since(aws.ToTime(o.LastModified))
+			out[id] = segmentInfo{age: time.Since(aws.ToTime(o.LastModified)), size: aws.ToInt64(o.Size)}
 		}
 	}
 	return out, nil

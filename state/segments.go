@@ -88,10 +88,15 @@ var errSegmentMissing = errors.New("segment is missing")
 type segmentStore interface {
 	readSegment(ctx context.Context, sync, id string) ([]byte, error) // errSegmentMissing
 	writeSegment(ctx context.Context, sync, id string, data []byte) error
-	// listSegments returns the ids of the sync's stored segments with their age.
-	listSegments(ctx context.Context, sync string) (map[string]time.Duration, error)
+	// listSegments returns the ids of the sync's stored segments with their age and size.
+	listSegments(ctx context.Context, sync string) (map[string]segmentInfo, error)
 	deleteSegment(ctx context.Context, sync, id string) error
 	segmentWhere(sync, id string) string
+}
+
+type segmentInfo struct {
+	age  time.Duration
+	size int64
 }
 
 // segmentHeader is a segment's first line.
@@ -144,8 +149,9 @@ func encodeSegment(sync, id string, files map[string]*File, removed []string) ([
 	return buf.Bytes(), nil
 }
 
-// applySegment reads a segment into files: entries override, tombstones delete.
-func applySegment(data []byte, sync, id, where string, files map[string]*File) error {
+// applySegment reads a segment into files: entries override, tombstones delete. With
+// tombs, it also records the keys whose last word is a tombstone.
+func applySegment(data []byte, sync, id, where string, files map[string]*File, tombs map[string]bool) error {
 	corrupt := func(format string, args ...any) error {
 		return &CorruptError{What: "checkpoint segment", Where: where, Sync: sync, Err: fmt.Errorf(format, args...)}
 	}
@@ -179,6 +185,9 @@ func applySegment(data []byte, sync, id, where string, files map[string]*File) e
 		}
 		if l.Removed != "" {
 			delete(files, l.Removed)
+			if tombs != nil {
+				tombs[l.Removed] = true
+			}
 			continue
 		}
 		f := &l.File
@@ -189,6 +198,7 @@ func applySegment(data []byte, sync, id, where string, files map[string]*File) e
 			return corrupt("%v", err)
 		}
 		files[f.Key] = f
+		delete(tombs, f.Key)
 	}
 	if err := sc.Err(); err != nil {
 		// A truncated gzip stream ends here too: segments are written whole, so this is
@@ -215,7 +225,7 @@ func loadSegments(ctx context.Context, st segmentStore, cp *Checkpoint, removed 
 		if err != nil {
 			return err
 		}
-		if err := applySegment(data, cp.Sync, id, st.segmentWhere(cp.Sync, id), files); err != nil {
+		if err := applySegment(data, cp.Sync, id, st.segmentWhere(cp.Sync, id), files, nil); err != nil {
 			return err
 		}
 	}
@@ -280,27 +290,44 @@ func planSave(ctx context.Context, st segmentStore, cp *Checkpoint, gen string) 
 	p := &savePlan{compacted: true}
 	id := newSegmentID()
 	if len(cp.segments)+1 > mergeAt {
-		// Merge: the segments in order, then the live entries, into one segment with no
-		// tombstone (nothing is below it).
+		// Merge the newest segments, and as few as will do: merging rewrites every entry
+		// it reads, and the oldest segment of a large checkpoint holds most of them.
+		from, err := mergeFrom(ctx, st, cp)
+		if err != nil {
+			return nil, fmt.Errorf("merging checkpoint segments: %w", err)
+		}
 		merged := make(map[string]*File)
-		for _, old := range cp.segments {
+		// Older segments below the merged ones may hold keys removed in them: those
+		// tombstones are kept. A full merge has nothing below it and keeps none.
+		var tombs map[string]bool
+		if from > 0 {
+			tombs = map[string]bool{}
+		}
+		for _, old := range cp.segments[from:] {
 			data, err := st.readSegment(ctx, cp.Sync, old)
 			if err != nil {
 				return nil, fmt.Errorf("merging checkpoint segments: %w", err)
 			}
-			if err := applySegment(data, cp.Sync, old, st.segmentWhere(cp.Sync, old), merged); err != nil {
+			if err := applySegment(data, cp.Sync, old, st.segmentWhere(cp.Sync, old), merged, tombs); err != nil {
 				return nil, fmt.Errorf("merging checkpoint segments: %w", err)
 			}
 		}
 		for _, k := range removed {
 			delete(merged, k)
+			if tombs != nil {
+				tombs[k] = true
+			}
 		}
 		for k, f := range files {
 			merged[k] = f
+			delete(tombs, k)
 		}
 		files, removed = merged, nil
-		p.obsolete = cp.segments
-		p.segments = []string{id}
+		for k := range tombs {
+			removed = append(removed, k)
+		}
+		p.obsolete = cp.segments[from:]
+		p.segments = append(append(make([]string, 0, from+1), cp.segments[:from]...), id)
 	} else {
 		if len(cp.segments) == 0 {
 			removed = nil
@@ -318,6 +345,31 @@ func planSave(ctx context.Context, st segmentStore, cp *Checkpoint, gen string) 
 		return nil, err
 	}
 	return p, nil
+}
+
+// mergeFrom returns the index of the oldest segment a merge includes: the newest two at
+// least, and each older one whose size is at most twice what is merged so far (a tiered
+// merge). A large old segment is thus rewritten only once the changes merged above it
+// are half its size, so the cost of merging, amortized over the saves, stays
+// proportional to what changes, not to the checkpoint.
+func mergeFrom(ctx context.Context, st segmentStore, cp *Checkpoint) (int, error) {
+	stored, err := st.listSegments(ctx, cp.Sync)
+	if err != nil {
+		return 0, err
+	}
+	from, acc := len(cp.segments), int64(0)
+	for from > 0 {
+		info, ok := stored[cp.segments[from-1]]
+		if !ok {
+			return 0, fmt.Errorf("%s: %w", st.segmentWhere(cp.Sync, cp.segments[from-1]), errSegmentMissing)
+		}
+		if len(cp.segments)-from >= 2 && info.size > 2*acc {
+			break
+		}
+		acc += info.size
+		from--
+	}
+	return from, nil
 }
 
 // finish records a written head in cp and, after a compaction, deletes the segments no
@@ -341,8 +393,8 @@ func (p *savePlan) finish(ctx context.Context, st segmentStore, cp *Checkpoint) 
 	if err != nil {
 		return
 	}
-	for id, age := range stored {
-		if !keep[id] && age >= orphanAge {
+	for id, info := range stored {
+		if !keep[id] && info.age >= orphanAge {
 			_ = st.deleteSegment(ctx, cp.Sync, id)
 		}
 	}

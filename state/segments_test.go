@@ -39,7 +39,7 @@ func headOf(t *testing.T, b *backend, sync string) headFile {
 // storedSegments lists the segment ids stored for sync.
 func storedSegments(t *testing.T, st Store, sync string) []string {
 	t.Helper()
-	var ids map[string]time.Duration
+	var ids map[string]segmentInfo
 	var err error
 	switch s := st.(type) {
 	case *localStore:
@@ -340,4 +340,45 @@ func must(b []byte, err error) []byte {
 		panic(err)
 	}
 	return b
+}
+
+// TestSegmentsTieredMerge: a merge takes the newest segments and leaves a much larger
+// old one alone, keeping the tombstones of keys that the old one still holds.
+func TestSegmentsTieredMerge(t *testing.T) {
+	smallSegments(t, 2, 3)
+	forEachStore(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		cp := &Checkpoint{Sync: "users", Files: map[string]*File{}}
+		want := map[string]*File{}
+		for i := range 200 {
+			f := segFile(i, 100)
+			cp.Files[f.Key] = f
+			want[f.Key] = f.Clone()
+		}
+		if err := b.store.Save(ctx, cp); err != nil {
+			t.Fatal(err)
+		}
+		base := cp.segments[0]
+		for round := range 3 {
+			if round == 0 {
+				cp.Delete(segFile(0, 0).Key)
+				delete(want, segFile(0, 0).Key)
+			}
+			for i := range 3 {
+				f := segFile(1000+round*10+i, 1)
+				cp.Put(f)
+				want[f.Key] = f.Clone()
+			}
+			if err := b.store.Save(ctx, cp); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(cp.segments) != 2 || cp.segments[0] != base {
+			t.Fatalf("segments after the merge %v, want the base %s and one merged", cp.segments, base)
+		}
+		checkLoads(t, b, "users", want)
+		if stored := storedSegments(t, b.store, "users"); len(stored) != 2 {
+			t.Fatalf("stored %v", stored)
+		}
+	})
 }
