@@ -382,3 +382,81 @@ func TestSegmentsTieredMerge(t *testing.T) {
 		}
 	})
 }
+
+// FuzzSegmentLine: whatever the fast path of decodeLine accepts, encoding/json reads the
+// same way.
+func FuzzSegmentLine(f *testing.F) {
+	for _, k := range []string{"a", `we"ird\key`, "<&>", "ünï", "tab\tkey", "line\u2028sep"} {
+		fl := &File{Key: k, Size: 3, ETag: `"e"`, VersionID: "v", Rows: 9, Acked: map[string]int64{"d": 1, `x"y`: 0}}
+		b, err := json.Marshal(fl)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte(`{"key":"a","size":01,"rows":1,"acked":{}}`))
+	f.Add([]byte(`{"key":"a","size":1,"rows":1,"acked":{"d":-1}}`))
+	f.Add([]byte(`{"key":"a","size":1,"rows":99999999999999999999,"acked":{}}`))
+	f.Fuzz(func(t *testing.T, line []byte) {
+		var fast File
+		if !parseEntry(line, &fast) {
+			return
+		}
+		var slow segmentLine
+		if err := json.Unmarshal(line, &slow); err != nil {
+			t.Fatalf("fast path accepted what encoding/json refuses (%v): %s", err, line)
+		}
+		if slow.Acked == nil {
+			slow.Acked = map[string]int64{}
+		}
+		if slow.Removed != "" || !reflect.DeepEqual(fast, slow.File) {
+			t.Fatalf("fast %+v, encoding/json %+v: %s", fast, slow, line)
+		}
+	})
+}
+
+// TestSegmentRoundTripOddEntries: entries the fast path does not read (ranges, deletion
+// times, escapes) round-trip through encoding/json.
+func TestSegmentRoundTripOddEntries(t *testing.T) {
+	deleted := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	files := map[string]*File{}
+	for _, f := range []*File{
+		{Key: "plain", Size: 1, ETag: `"e"`, Rows: 3, Acked: map[string]int64{"a": 3, "b": 0}},
+		{Key: `q"uo\te`, Size: 2, Rows: 3, Acked: map[string]int64{}},
+		{Key: "ctl\x01\u2028<&>é", VersionID: "v1", Rows: 5, Acked: map[string]int64{"a": 1},
+			AckedRanges: map[string][][2]int64{"a": {{2, 4}}}, Deleted: &deleted},
+	} {
+		files[f.Key] = f
+	}
+	data, err := encodeSegment("users", "S1", files, []string{"gone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]*File{"gone": {Key: "gone"}}
+	if err := applySegment(data, "users", "S1", "x", got, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, files) {
+		t.Fatalf("round trip: %+v\nwant %+v", got, files)
+	}
+}
+
+// TestAppendEntryIsJSON: the fast encoder writes what encoding/json writes.
+func TestAppendEntryIsJSON(t *testing.T) {
+	for _, f := range []*File{
+		{Key: "a", Size: 0, Rows: 0, Acked: map[string]int64{}},
+		{Key: `q"u\o`, Size: 12, ETag: `"9b2c"`, VersionID: "v-1", Rows: 120000, Acked: map[string]int64{"segment": 7}},
+		{Key: "users/dt=2025-01-01/part-0.parquet", Size: 1 << 40, ETag: `"x"`, Rows: 5, Acked: map[string]int64{"w": 5}},
+	} {
+		want, err := json.Marshal(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendEntry(nil, f); string(got) != string(want)+"\n" {
+			t.Errorf("appendEntry = %s, want %s", got, want)
+		}
+	}
+	if appendEntry(nil, &File{Key: "é", Acked: map[string]int64{}}) != nil {
+		t.Error("a non-ASCII key took the fast path")
+	}
+}
