@@ -175,6 +175,25 @@ func figureScale(t *testing.T, b *backend, kind string, n int) {
 	line("format 2: save with 10 changed entries: snapshot %s, save %s (medians of 20); head %d bytes with %d live entries",
 		ms(median(snaps)), ms(median(saves)), head, len(work.live))
 
+	// The largest head: just below the compaction threshold.
+	for i := 0; len(work.live) < compactAt; i++ {
+		k := figureKey(i * 11 % n)
+		work.Own(k).Rows += 2
+		work.Changed(k)
+	}
+	saves = saves[:0]
+	for range 5 {
+		snap := work.Snapshot()
+		start = time.Now()
+		if err := b.store.Save(ctx, snap); err != nil {
+			t.Fatal(err)
+		}
+		saves = append(saves, time.Since(start))
+		work.Saved(snap)
+	}
+	head, _ = storedSizes(t, b, work)
+	line("format 2: save of the largest head (%d live entries, %.1f MB): %s (median of 5)", len(work.live), float64(head)/1e6, ms(median(saves)))
+
 	// A compaction: 10,001 changed entries become a new segment.
 	for i := range compactAt + 1 {
 		k := figureKey(i * 13 % n)
