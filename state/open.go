@@ -128,12 +128,20 @@ func encodeHead(cp *Checkpoint, gen string, files map[string]*File, segments, re
 	} else {
 		removed = nil // nothing below the head to remove from
 	}
-	data, err := json.MarshalIndent(headFile{
+	h := headFile{
 		Version: version, Sync: cp.Sync,
 		MappingFingerprint: cp.MappingFingerprint, SourceFingerprint: cp.SourceFingerprint, SchemaFingerprint: cp.SchemaFingerprint,
 		Files: files, Segments: segments, Removed: removed,
 		UpdatedAt: cp.UpdatedAt, LastRunID: cp.LastRunID, Generation: gen,
-	}, "", "  ")
+	}
+	var data []byte
+	var err error
+	if version == versionWhole {
+		data, err = json.MarshalIndent(h, "", "  ") // as every earlier build wrote it
+	} else {
+		// A head is rewritten by every save: unindented JSON is smaller and quicker.
+		data, err = json.Marshal(h)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("encoding checkpoint of sync %q: %w", cp.Sync, err)
 	}
