@@ -21,8 +21,9 @@ import (
 //   - format 1 (every entry in one document, as before segments): save and load;
 //   - the first save of such a checkpoint, which compacts it into a segment (migration);
 //   - the stored sizes of head and segments, the load time and the heap after load;
-//   - a save with 10 changed entries (the pipeline's snapshot plus the store's Save);
-//   - a compaction (10,001 changed entries) and a merge of every segment.
+//   - a save with 10 changed entries (the pipeline's snapshot plus the store's Save), and
+//     one of the largest head (compactAt changed entries);
+//   - a compaction (compactAt+1 changed entries) and a merge of every segment.
 //
 // BACKFLOW_FIGURES=1 go test -run TestFigureCheckpointScale -v -timeout 30m ./state/
 // (BACKFLOW_FIGURES_FILES=100000 for one size.)
@@ -105,6 +106,7 @@ func figureScale(t *testing.T, b *backend, kind string, n int) {
 	}
 
 	// Format 1, as every save wrote it before segments: the whole document each time.
+	threshold := compactAt
 	compactAt = n + 1
 	cp := figureCheckpoint(n)
 	start := time.Now()
@@ -126,7 +128,7 @@ func figureScale(t *testing.T, b *backend, kind string, n int) {
 	line("format 1: load %s, heap after load %.0f MB", ms(time.Since(start)), heapMB()-base)
 
 	// Migration: the first save compacts the loaded entries into a segment.
-	compactAt = 10_000
+	compactAt = threshold
 	start = time.Now()
 	if err := b.store.Save(ctx, v1); err != nil {
 		t.Fatal(err)
@@ -194,7 +196,7 @@ func figureScale(t *testing.T, b *backend, kind string, n int) {
 	head, _ = storedSizes(t, b, work)
 	line("format 2: save of the largest head (%d live entries, %.1f MB): %s (median of 5)", len(work.live), float64(head)/1e6, ms(median(saves)))
 
-	// A compaction: 10,001 changed entries become a new segment.
+	// A compaction: compactAt+1 changed entries become a new segment.
 	for i := range compactAt + 1 {
 		k := figureKey(i * 13 % n)
 		f := work.Own(k)
