@@ -1,6 +1,7 @@
 package state
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -139,14 +140,63 @@ func encodeHead(cp *Checkpoint, gen string, files map[string]*File, segments, re
 	if version == versionWhole {
 		data, err = json.MarshalIndent(h, "", "  ") // as every earlier build wrote it
 	} else {
-		// A head is rewritten by every save: unindented JSON is smaller and quicker.
-		data, err = json.Marshal(h)
+		// A head is rewritten by every save: unindented JSON, its entries written by
+		// the segments' fast encoder (encoding/json would be most of a save's cost).
+		h.Files = map[string]*File{}
+		if data, err = json.Marshal(h); err == nil {
+			data, err = spliceFiles(data, files)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("encoding checkpoint of sync %q: %w", cp.Sync, err)
 	}
 	cp.Version = version
 	return append(data, '\n'), nil
+}
+
+// spliceFiles replaces the empty "files" object of an encoded head by files. The first
+// `,"files":{}` is the field: the fields before it are strings, whose quotes would be
+// escaped.
+func spliceFiles(data []byte, files map[string]*File) ([]byte, error) {
+	const empty = `,"files":{}`
+	i := bytes.Index(data, []byte(empty))
+	if i < 0 {
+		return nil, errors.New("no files field in the encoded head")
+	}
+	out := make([]byte, 0, len(data)+len(files)*256)
+	out = append(out, data[:i]...)
+	out = append(out, `,"files":{`...)
+	first := true
+	var entry []byte
+	for k, f := range files {
+		if !first {
+			out = append(out, ',')
+		}
+		first = false
+		key, ok := appendPlain(out, k)
+		if !ok {
+			b, err := json.Marshal(k)
+			if err != nil {
+				return nil, err
+			}
+			key = append(out[:len(out):len(out)], b...)
+		}
+		out = append(key, ':')
+		if k != f.Key && f.Key != "" {
+			return nil, fmt.Errorf("file %q is recorded under key %q", f.Key, k)
+		}
+		if entry = appendEntry(entry[:0], f); entry != nil {
+			out = append(out, entry[:len(entry)-1]...) // without its newline
+			continue
+		}
+		b, err := json.Marshal(f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b...)
+	}
+	out = append(out, '}')
+	return append(out, data[i+len(empty):]...), nil
 }
 
 // decodeCheckpoint parses a stored head of sync found at where (a path or URL) and
