@@ -25,11 +25,17 @@ import (
 
 // countingProxy forwards to target and counts requests by method.
 func countingProxy(t *testing.T, target string) (string, func() (gets, lists, heads int64)) {
+	endpoint, counts, _ := timingProxy(t, target)
+	return endpoint, counts
+}
+
+// timingProxy is countingProxy that also sums the time LIST requests took.
+func timingProxy(t *testing.T, target string) (string, func() (gets, lists, heads int64), func() time.Duration) {
 	u, err := url.Parse(target)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var gets, lists, heads atomic.Int64
+	var gets, lists, heads, listNanos atomic.Int64
 	proxy := httputil.NewSingleHostReverseProxy(u)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
@@ -37,13 +43,16 @@ func countingProxy(t *testing.T, target string) (string, func() (gets, lists, he
 			heads.Add(1)
 		case r.Method == http.MethodGet && r.URL.Query().Has("list-type"):
 			lists.Add(1)
+			start := time.Now()
+			defer func() { listNanos.Add(int64(time.Since(start))) }()
 		case r.Method == http.MethodGet:
 			gets.Add(1)
 		}
 		proxy.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
-	return srv.URL, func() (int64, int64, int64) { return gets.Load(), lists.Load(), heads.Load() }
+	return srv.URL, func() (int64, int64, int64) { return gets.Load(), lists.Load(), heads.Load() },
+		func() time.Duration { return time.Duration(listNanos.Load()) }
 }
 
 // TestFigureSchemaOverMinIO measures `backflow schema` (pipeline.Inspect: list, then
@@ -102,6 +111,20 @@ func TestFigureIncrementalNoChange10kFiles(t *testing.T) {
 	if os.Getenv("BACKFLOW_FIGURES") != "1" {
 		t.Skip("set BACKFLOW_FIGURES=1 to measure")
 	}
+	figureIncrementalNoChange(t, 10_000)
+}
+
+// TestFigureIncrementalNoChange100kFiles is the same over 100,000 files: 100 LIST
+// requests, and a checkpoint of 100,000 entries in segments to load and save.
+// BACKFLOW_FIGURES=1 go test -run TestFigureIncrementalNoChange100kFiles -v -timeout 30m ./pipeline/
+func TestFigureIncrementalNoChange100kFiles(t *testing.T) {
+	if os.Getenv("BACKFLOW_FIGURES") != "1" {
+		t.Skip("set BACKFLOW_FIGURES=1 to measure")
+	}
+	figureIncrementalNoChange(t, 100_000)
+}
+
+func figureIncrementalNoChange(t *testing.T, n int) {
 	m := testutil.StartMinIO(t)
 	bucket := m.Bucket(t)
 	dir := t.TempDir()
@@ -117,18 +140,31 @@ func TestFigureIncrementalNoChange10kFiles(t *testing.T) {
 		}
 		bodies = append(bodies, b)
 	}
-	var g errgroup.Group
-	g.SetLimit(32)
-	for i := 0; i < 10000; i++ {
-		g.Go(func() error {
-			m.Put(t, bucket, fmt.Sprintf("users/part-%05d.parquet", i), bodies[i%len(bodies)])
-			return nil
-		})
+	// Above 10,000 files the first run is seeded: it syncs the first 10 files for
+	// real, and the checkpoint then gets the entries of the others as that run would
+	// have written them (each file is a copy of one of the 10, so its entry is a copy of
+	// theirs). Reading 100,000 files would take most of an hour on a shared machine and
+	// measure nothing this figure is about.
+	seeded := n > 10_000
+	upload := func(from, to int) {
+		var g errgroup.Group
+		g.SetLimit(32)
+		for i := from; i < to; i++ {
+			g.Go(func() error {
+				m.Put(t, bucket, fmt.Sprintf("users/part-%06d.parquet", i), bodies[i%len(bodies)])
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := g.Wait(); err != nil {
-		t.Fatal(err)
+	if seeded {
+		upload(0, len(bodies))
+	} else {
+		upload(0, n)
 	}
-	endpoint, counts := countingProxy(t, m.Endpoint)
+	endpoint, counts, listTime := timingProxy(t, m.Endpoint)
 	opts := m.Options()
 	opts.Endpoint = endpoint
 	yaml := fmt.Sprintf(`state: {url: state}
@@ -156,17 +192,41 @@ syncs:
 		return rep, time.Since(start)
 	}
 	rep, first := run()
-	if rep.Rows.Sent != 50000 {
-		t.Fatalf("first run sent %d rows, want 50000", rep.Rows.Sent)
+	firstWhat := fmt.Sprintf("first run %s (%d rows)", first.Round(time.Millisecond), rep.Rows.Sent)
+	if seeded {
+		upload(len(bodies), n)
+		cp, err := store.Load(context.Background(), "users")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := len(bodies); i < n; i++ {
+			f := cp.Files[fmt.Sprintf("users/part-%06d.parquet", i%len(bodies))].Clone()
+			f.Key = fmt.Sprintf("users/part-%06d.parquet", i)
+			cp.Put(f)
+		}
+		if err := store.Save(context.Background(), cp); err != nil {
+			t.Fatal(err)
+		}
+		firstWhat = fmt.Sprintf("first run seeded (%d files synced, %d entries added)", len(bodies), n-len(bodies))
+	} else if rep.Rows.Sent != int64(5*n) {
+		t.Fatalf("first run sent %d rows, want %d", rep.Rows.Sent, 5*n)
 	}
+	start := time.Now()
+	cp, err := store.Load(context.Background(), "users")
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := time.Since(start)
 	g0, l0, _ := counts()
+	t0 := listTime()
 	rep, second := run()
 	g1, l1, _ := counts()
-	if rep.Files.Unchanged != 10000 || rep.Rows.Read != 0 {
+	if rep.Files.Unchanged != n || rep.Rows.Read != 0 {
 		t.Fatalf("no-change run: %+v %+v", rep.Files, rep.Rows)
 	}
-	fmt.Printf("FIGURE incremental-10k-files: first run %s (50,000 rows); no-change run %s with %d LIST and %d GET requests\n",
-		first.Round(time.Millisecond), second.Round(time.Millisecond), l1-l0, g1-g0)
+	fmt.Printf("FIGURE incremental-%d-files: %s; no-change run %s with %d LIST requests (%s of them) and %d GET; loading its checkpoint (%d segments) alone %s\n",
+		n, firstWhat, second.Round(time.Millisecond), l1-l0, (listTime() - t0).Round(time.Millisecond), g1-g0,
+		len(cp.Segments()), load.Round(time.Millisecond))
 }
 
 // TestFigureDiffMode measures mode diff over a 1M-row snapshot with 1% of rows changed.

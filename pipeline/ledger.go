@@ -32,11 +32,16 @@ type ledger struct {
 	version uint64
 	// wake is signalled (without blocking) on every change.
 	wake chan struct{}
+	// pending is the last snapshot handed to the saver, which saved records once saved.
+	pending *state.Checkpoint
 
 	delivered, failed, unchanged []int64
 }
 
 func newLedger(cp *state.Checkpoint, dests []string) *ledger {
+	// Snapshots copy only the entries this run changes (and the head's live ones): the
+	// settled entries of a large checkpoint are shared, never copied.
+	cp.Track()
 	n := len(dests)
 	return &ledger{
 		dests: dests, cp: cp,
@@ -87,6 +92,7 @@ func (l *ledger) open(entry *state.File, rows int64) []*rangeSet {
 		l.writeLocked(entry, d, sets[d])
 	}
 	l.acked[entry] = sets
+	l.cp.Changed(entry.Key)
 	l.changedLocked()
 	return resume
 }
@@ -96,7 +102,7 @@ func (l *ledger) open(entry *state.File, rows int64) []*rangeSet {
 func (l *ledger) remove(entry *state.File) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	delete(l.cp.Files, entry.Key)
+	l.cp.Delete(entry.Key)
 	delete(l.acked, entry)
 	l.changedLocked()
 }
@@ -123,6 +129,7 @@ func (l *ledger) handled(d int, spans []span, delivered, refused int) uint64 {
 		}
 		sets[d].add(s.start, s.end)
 		l.writeLocked(s.file.entry, d, sets[d])
+		l.cp.Changed(s.file.entry.Key)
 	}
 	l.changedLocked()
 	return l.version
@@ -160,26 +167,36 @@ func (l *ledger) writeLocked(entry *state.File, d int, set *rangeSet) {
 	}
 }
 
-// snapshot returns a copy of the checkpoint to save and the version it reflects.
+// snapshot returns what the saver saves and the version it reflects. It costs the
+// entries changed since the last compaction (state.Checkpoint.Snapshot), not the
+// checkpoint: at a million files the settled ones are shared.
 func (l *ledger) snapshot() (*state.Checkpoint, uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	snap := l.cp.Clone()
+	snap := l.cp.Snapshot()
 	for key, f := range snap.Files {
 		if f.Rows < 0 {
 			// Planned but not opened (rejected, or the run stopped first): absent from
-			// the checkpoint, the file is read as new by the next run.
+			// the checkpoint, the file is read as new by the next run. (Its key is live
+			// in the snapshot: a segment's entry of it is removed.)
 			delete(snap.Files, key)
 		}
 	}
+	l.pending = snap
 	return snap, l.version
 }
 
-// saved records the generation token a save returned, for the next save.
+// saved records the generation token a save returned, for the next save, and — when the
+// save was of the last snapshot and compacted it — that the entries it held are settled.
 func (l *ledger) saved(generation string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.cp.Generation = generation
+	if p := l.pending; p != nil && p.Generation == generation {
+		l.cp.Saved(p)
+	} else {
+		l.cp.Generation = generation
+	}
+	l.pending = nil
 }
 
 // done tells whether every file of files was opened and is handled for every

@@ -78,12 +78,20 @@ func sameObject(f *state.File, o reader.Object) bool {
 // planFiles updates the working checkpoint for this listing and returns the files to read:
 // new files and changed files (reset, sent again whole), and files some destination has
 // not acknowledged fully. Files that vanished from the listing are removed and counted.
+// An unchanged file that is done is left as it is: a settled entry stays settled, so
+// saving the run costs what it changes, not the whole checkpoint.
 func planFiles(cp *state.Checkpoint, objects []reader.Object, dests []string) (toRead []*state.File, unchanged, deleted int) {
 	listed := make(map[string]bool, len(objects))
 	for _, o := range objects {
 		listed[o.Key] = true
 		f := cp.Files[o.Key]
-		if f == nil || !sameObject(f, o) {
+		fresh := f == nil || !sameObject(f, o)
+		if fresh {
+			if f != nil {
+				cp.Delete(o.Key) // the stored entry is stale: the next save drops it
+			}
+			// Not marked changed: a file not yet opened is not saved (the ledger marks
+			// it when it opens it).
 			f = &state.File{Key: o.Key, Size: o.Size, ETag: o.ETag, VersionID: o.VersionID, Rows: -1, Acked: map[string]int64{}}
 			cp.Files[o.Key] = f
 		}
@@ -94,11 +102,16 @@ func planFiles(cp *state.Checkpoint, objects []reader.Object, dests []string) (t
 			unchanged++
 			continue
 		}
+		if !fresh {
+			// The ledger changes the entries it reads in place: a settled one, shared
+			// with the loaded checkpoint, is copied first.
+			f = cp.Own(o.Key)
+		}
 		toRead = append(toRead, f)
 	}
 	for key := range cp.Files {
 		if !listed[key] {
-			delete(cp.Files, key)
+			cp.Delete(key)
 			deleted++
 		}
 	}

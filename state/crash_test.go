@@ -42,9 +42,14 @@ func TestHelperProcess(t *testing.T) {
 		fail(err)
 	}
 	ready := false
+	if os.Getenv(envHelperMode) == "segments" {
+		// A compaction every few saves and a merge every few compactions, so that kills
+		// land between a segment's write and its head's, and in the deletions after.
+		compactAt, mergeAt, orphanAge = 3, 3, 0
+	}
 	for {
 		switch os.Getenv(envHelperMode) {
-		case "checkpoint":
+		case "checkpoint", "segments":
 			cp, err := st.Load(ctx, "users")
 			if err != nil {
 				fail(err)
@@ -55,7 +60,7 @@ func TestHelperProcess(t *testing.T) {
 			// Each save adds one file, so the content grows and so does the window in
 			// which a non-atomic write would be caught half-done.
 			n := int64(len(cp.Files))
-			cp.Files[crashFileKey(n)] = &File{Key: crashFileKey(n), Size: n * 100, Rows: n, Acked: map[string]int64{"segment": n}}
+			cp.Put(&File{Key: crashFileKey(n), Size: n * 100, Rows: n, Acked: map[string]int64{"segment": n}})
 			cp.LastRunID = fmt.Sprint(n)
 			if err := st.Save(ctx, cp); err != nil {
 				fail(err)
@@ -133,7 +138,31 @@ func killHelperRepeatedly(t *testing.T, mode, dir string, check func(kill int)) 
 	}
 }
 
-func TestCrashCheckpoint(t *testing.T) {
+func TestCrashCheckpoint(t *testing.T) { crashCheckpoint(t, "checkpoint") }
+
+// TestCrashSegments kills a writer whose checkpoint compacts into segments and merges
+// them every few saves: the state loads whole after every kill, and the orphan segments
+// of killed compactions are deleted by later ones.
+func TestCrashSegments(t *testing.T) {
+	dir := crashCheckpoint(t, "segments")
+	cp, err := (&localStore{dir: dir}).Load(context.Background(), "users")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cp.segments) == 0 {
+		t.Fatal("the helper never compacted")
+	}
+	stored, err := (&localStore{dir: dir}).listSegments(context.Background(), "users")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The head's segments, plus at most the orphan of the last kill (mergeAt is 3).
+	if len(stored) > len(cp.segments)+1 {
+		t.Fatalf("%d segments stored, the head names %d: orphans are not deleted", len(stored), len(cp.segments))
+	}
+}
+
+func crashCheckpoint(t *testing.T, mode string) string {
 	ctx := context.Background()
 	dir := t.TempDir()
 	st, err := Open(ctx, config.StateConfig{URL: dir})
@@ -141,7 +170,7 @@ func TestCrashCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	prev := 0
-	killHelperRepeatedly(t, "checkpoint", dir, func(kill int) {
+	killHelperRepeatedly(t, mode, dir, func(kill int) {
 		cp, err := st.Load(ctx, "users")
 		if err != nil {
 			t.Fatalf("kill %d: Load after the crash: %v", kill, err)
@@ -163,6 +192,7 @@ func TestCrashCheckpoint(t *testing.T) {
 		prev = n
 	})
 	t.Logf("%d checkpoints saved across %d kills", prev, crashKills)
+	return dir
 }
 
 func TestCrashHistory(t *testing.T) {

@@ -66,6 +66,20 @@ func (s *localStore) Load(ctx context.Context, sync string) (*Checkpoint, error)
 	if err := checkName("sync name", sync); err != nil {
 		return nil, err
 	}
+	var err error
+	for range loadAttempts {
+		var cp *Checkpoint
+		cp, err = s.load(ctx, sync)
+		if !errors.Is(err, errSegmentMissing) {
+			return cp, err
+		}
+		// A save merged the segment away after this load read the head: the head read
+		// again names the merged one.
+	}
+	return nil, &CorruptError{What: "checkpoint", Where: s.checkpointPath(sync), Sync: sync, Err: err}
+}
+
+func (s *localStore) load(ctx context.Context, sync string) (*Checkpoint, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -78,7 +92,7 @@ func (s *localStore) Load(ctx context.Context, sync string) (*Checkpoint, error)
 	if err != nil {
 		return nil, fmt.Errorf("reading checkpoint %s: %w", path, err)
 	}
-	cp, gen, err := decodeCheckpoint(data, sync, path)
+	cp, gen, removed, err := decodeHead(data, sync, path)
 	if err != nil {
 		return nil, err
 	}
@@ -86,17 +100,22 @@ func (s *localStore) Load(ctx context.Context, sync string) (*Checkpoint, error)
 		gen = contentGeneration(data)
 	}
 	cp.Generation = gen
+	if err := loadSegments(ctx, s, cp, removed); err != nil {
+		return nil, err
+	}
 	return cp, nil
 }
 
 func (s *localStore) Save(ctx context.Context, cp *Checkpoint) error {
-	gen := newGeneration()
-	data, err := encodeCheckpoint(cp, gen)
-	if err != nil {
-		return err
+	if cp == nil {
+		return errors.New("saving a nil checkpoint")
 	}
+	if err := checkName("sync name", cp.Sync); err != nil {
+		return fmt.Errorf("saving checkpoint: %w", err)
+	}
+	gen := newGeneration()
 	path := s.checkpointPath(cp.Sync)
-	err = s.withLock(ctx, filepath.Dir(path), cp.Sync, func() error {
+	return s.withLock(ctx, filepath.Dir(path), cp.Sync, func() error {
 		stored := ""
 		old, err := os.ReadFile(path)
 		switch {
@@ -108,18 +127,82 @@ func (s *localStore) Save(ctx context.Context, cp *Checkpoint) error {
 				return &CorruptError{What: "checkpoint", Where: path, Sync: cp.Sync, Err: err}
 			}
 		}
+		// Checked before a compaction writes a segment, which a conflict would waste.
 		if stored != cp.Generation {
 			return conflictError(path, cp.Sync)
 		}
-		if err := writeFileAtomic(path, data); err != nil {
+		plan, err := planSave(ctx, s, cp, gen)
+		if err != nil {
+			return err
+		}
+		if err := writeFileAtomic(path, plan.head); err != nil {
 			return fmt.Errorf("saving checkpoint %s: %w", path, err)
 		}
+		cp.Generation = gen
+		plan.finish(ctx, s, cp)
 		return nil
 	})
-	if err != nil {
-		return err
+}
+
+func (s *localStore) segmentPath(sync, id string) string {
+	return filepath.Join(s.dir, checkpointsDir, segmentName(sync, id))
+}
+
+func (s *localStore) segmentWhere(sync, id string) string { return s.segmentPath(sync, id) }
+
+func (s *localStore) readSegment(_ context.Context, sync, id string) ([]byte, error) {
+	path := s.segmentPath(sync, id)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("reading checkpoint segment %s: %w", path, errSegmentMissing)
 	}
-	cp.Generation = gen
+	if err != nil {
+		return nil, fmt.Errorf("reading checkpoint segment %s: %w", path, err)
+	}
+	return data, nil
+}
+
+// writeSegment makes the segment durable (fsync of the file and of the directory)
+// before the head that names it is written.
+func (s *localStore) writeSegment(_ context.Context, sync, id string, data []byte) error {
+	path := s.segmentPath(sync, id)
+	if err := mkdirAll(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("creating state directory: %w", err)
+	}
+	if err := writeFileAtomic(path, data); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
+
+func (s *localStore) listSegments(_ context.Context, sync string) (map[string]segmentInfo, error) {
+	dir := filepath.Join(s.dir, checkpointsDir)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing checkpoint segments in %s: %w", dir, err)
+	}
+	out := map[string]segmentInfo{}
+	for _, e := range entries {
+		id := segmentIDOf(sync, e.Name())
+		if id == "" {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			continue // deleted meanwhile
+		}
+		out[id] = segmentInfo{age: time.Since(info.ModTime()), size: info.Size()}
+	}
+	return out, nil
+}
+
+func (s *localStore) deleteSegment(_ context.Context, sync, id string) error {
+	if err := os.Remove(s.segmentPath(sync, id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("deleting checkpoint segment: %w", err)
+	}
 	return nil
 }
 
@@ -139,6 +222,16 @@ func (s *localStore) Reset(ctx context.Context, sync string) error {
 		}
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("deleting checkpoint %s: %w", path, err)
+		}
+		// The head first: without it the segments are orphans, never a checkpoint.
+		ids, err := s.listSegments(ctx, sync)
+		if err != nil {
+			return err
+		}
+		for id := range ids {
+			if err := s.deleteSegment(ctx, sync, id); err != nil {
+				return fmt.Errorf("resetting sync %q: %w", sync, err)
+			}
 		}
 		return syncDir(filepath.Dir(path))
 	})

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/internal/s3conn"
@@ -83,77 +85,194 @@ func checkName(what, name string) error {
 // happens to reach 3 again).
 func newGeneration() string { return rand.Text() }
 
-// checkpointFile is a checkpoint as stored: the checkpoint's own fields plus the
-// generation token of this write.
-type checkpointFile struct {
-	*Checkpoint
-	Generation string `json:"generation"`
+// headFile is a checkpoint's head as stored: the checkpoint's own fields, the live file
+// entries, the segments under it and the generation token of this write. Format 1 has
+// neither segments nor removed keys.
+type headFile struct {
+	Version            int              `json:"version"`
+	Sync               string           `json:"sync"`
+	MappingFingerprint string           `json:"mapping_fingerprint"`
+	SourceFingerprint  string           `json:"source_fingerprint"`
+	SchemaFingerprint  string           `json:"schema_fingerprint"`
+	Files              map[string]*File `json:"files"`
+	// Segments are the ids of the settled segments, oldest first.
+	Segments []string `json:"segments,omitempty"`
+	// Removed are keys that are gone although a segment may still hold them.
+	Removed    []string  `json:"removed,omitempty"`
+	UpdatedAt  time.Time `json:"updated_at"`
+	LastRunID  string    `json:"last_run_id,omitempty"`
+	Generation string    `json:"generation"`
 }
 
-// encodeCheckpoint returns the stored form of cp with the generation token gen. It sets
-// cp.Version to the format this build writes.
+// encodeCheckpoint returns the stored form of cp as one document holding every entry of
+// cp.Files and no segment (format 1), with the generation token gen.
 func encodeCheckpoint(cp *Checkpoint, gen string) ([]byte, error) {
 	if cp == nil {
 		return nil, errors.New("saving a nil checkpoint")
 	}
+	return encodeHead(cp, gen, cp.Files, nil, nil)
+}
+
+// encodeHead returns the stored head of cp with the given entries, segments and removed
+// keys. It sets cp.Version to the format written: 1 without segments, so that a
+// checkpoint that never grew stays readable by older builds.
+func encodeHead(cp *Checkpoint, gen string, files map[string]*File, segments, removed []string) ([]byte, error) {
 	if err := checkName("sync name", cp.Sync); err != nil {
 		return nil, fmt.Errorf("saving checkpoint: %w", err)
 	}
-	cp.Version = Version
-	data, err := json.MarshalIndent(checkpointFile{Checkpoint: cp, Generation: gen}, "", "  ")
+	if files == nil {
+		files = map[string]*File{}
+	}
+	version := versionWhole
+	if len(segments) > 0 {
+		version = Version
+	} else {
+		removed = nil // nothing below the head to remove from
+	}
+	h := headFile{
+		Version: version, Sync: cp.Sync,
+		MappingFingerprint: cp.MappingFingerprint, SourceFingerprint: cp.SourceFingerprint, SchemaFingerprint: cp.SchemaFingerprint,
+		Files: files, Segments: segments, Removed: removed,
+		UpdatedAt: cp.UpdatedAt, LastRunID: cp.LastRunID, Generation: gen,
+	}
+	var data []byte
+	var err error
+	if version == versionWhole {
+		data, err = json.MarshalIndent(h, "", "  ") // as every earlier build wrote it
+	} else {
+		// A head is rewritten by every save: unindented JSON, its entries written by
+		// the segments' fast encoder (encoding/json would be most of a save's cost).
+		h.Files = map[string]*File{}
+		if data, err = json.Marshal(h); err == nil {
+			data, err = spliceFiles(data, files)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("encoding checkpoint of sync %q: %w", cp.Sync, err)
 	}
+	cp.Version = version
 	return append(data, '\n'), nil
 }
 
-// decodeCheckpoint parses a stored checkpoint of sync found at where (a path or URL) and
-// checks it. gen is the generation token stored in it ("" when the file has none).
+// spliceFiles replaces the empty "files" object of an encoded head by files. The first
+// `,"files":{}` is the field: the fields before it are strings, whose quotes would be
+// escaped.
+func spliceFiles(data []byte, files map[string]*File) ([]byte, error) {
+	const empty = `,"files":{}`
+	i := bytes.Index(data, []byte(empty))
+	if i < 0 {
+		return nil, errors.New("no files field in the encoded head")
+	}
+	out := make([]byte, 0, len(data)+len(files)*256)
+	out = append(out, data[:i]...)
+	out = append(out, `,"files":{`...)
+	first := true
+	var entry []byte
+	for k, f := range files {
+		if !first {
+			out = append(out, ',')
+		}
+		first = false
+		key, ok := appendPlain(out, k)
+		if !ok {
+			b, err := json.Marshal(k)
+			if err != nil {
+				return nil, err
+			}
+			key = append(out[:len(out):len(out)], b...)
+		}
+		out = append(key, ':')
+		if k != f.Key && f.Key != "" {
+			return nil, fmt.Errorf("file %q is recorded under key %q", f.Key, k)
+		}
+		if entry = appendEntry(entry[:0], f); entry != nil {
+			out = append(out, entry[:len(entry)-1]...) // without its newline
+			continue
+		}
+		b, err := json.Marshal(f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b...)
+	}
+	out = append(out, '}')
+	return append(out, data[i+len(empty):]...), nil
+}
+
+// decodeCheckpoint parses a stored head of sync found at where (a path or URL) and
+// checks it. gen is the generation token stored in it ("" when the file has none). The
+// head's segments are in cp.segments, not yet read; removed lists the keys the head
+// removes from them.
 func decodeCheckpoint(data []byte, sync, where string) (cp *Checkpoint, gen string, err error) {
+	cp, gen, _, err = decodeHead(data, sync, where)
+	return cp, gen, err
+}
+
+func decodeHead(data []byte, sync, where string) (cp *Checkpoint, gen string, removed []string, err error) {
 	corrupt := func(format string, args ...any) error {
 		return &CorruptError{What: "checkpoint", Where: where, Sync: sync, Err: fmt.Errorf(format, args...)}
 	}
 	if len(strings.TrimSpace(string(data))) == 0 {
-		return nil, "", corrupt("the file is empty")
+		return nil, "", nil, corrupt("the file is empty")
 	}
-	f := checkpointFile{Checkpoint: &Checkpoint{}}
-	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, "", corrupt("%v", err)
+	var h headFile
+	if err := json.Unmarshal(data, &h); err != nil {
+		return nil, "", nil, corrupt("%v", err)
 	}
-	cp = f.Checkpoint
 	switch {
-	case cp.Version > Version:
-		return nil, "", &NewerFormatError{What: "checkpoint", Where: where, Version: cp.Version}
-	case cp.Version < 1:
-		return nil, "", corrupt("no format version")
-	case cp.Sync != sync:
-		return nil, "", corrupt("it belongs to sync %q", cp.Sync)
+	case h.Version > Version:
+		return nil, "", nil, &NewerFormatError{What: "checkpoint", Where: where, Version: h.Version}
+	case h.Version < 1:
+		return nil, "", nil, corrupt("no format version")
+	case h.Sync != sync:
+		return nil, "", nil, corrupt("it belongs to sync %q", h.Sync)
+	case h.Version == versionWhole && (len(h.Segments) > 0 || len(h.Removed) > 0):
+		return nil, "", nil, corrupt("format 1 has no segments")
+	}
+	for _, id := range h.Segments {
+		if !validSegmentID(id) {
+			return nil, "", nil, corrupt("segment id %q is not valid", id)
+		}
+	}
+	cp = &Checkpoint{
+		Version: h.Version, Sync: h.Sync,
+		MappingFingerprint: h.MappingFingerprint, SourceFingerprint: h.SourceFingerprint, SchemaFingerprint: h.SchemaFingerprint,
+		Files: h.Files, UpdatedAt: h.UpdatedAt, LastRunID: h.LastRunID,
+		segments: h.Segments,
 	}
 	if cp.Files == nil {
 		cp.Files = map[string]*File{}
 	}
 	for key, file := range cp.Files {
-		if file == nil {
-			return nil, "", corrupt("file %q has no entry", key)
-		}
-		if file.Key == "" {
-			file.Key = key
-		} else if file.Key != key {
-			return nil, "", corrupt("file %q is recorded under key %q", file.Key, key)
-		}
-		if file.Rows < 0 || file.Size < 0 {
-			return nil, "", corrupt("file %q has a negative size or row count", key)
-		}
-		if file.Acked == nil {
-			file.Acked = map[string]int64{}
-		}
-		for dest, n := range file.Acked {
-			if n < 0 {
-				return nil, "", corrupt("file %q: destination %q acknowledged a negative row count", key, dest)
-			}
+		if err := checkFile(key, file); err != nil {
+			return nil, "", nil, corrupt("%v", err)
 		}
 	}
-	return cp, f.Generation, nil
+	return cp, h.Generation, h.Removed, nil
+}
+
+// checkFile checks a stored entry of key and fills in what may be left out.
+func checkFile(key string, file *File) error {
+	if file == nil {
+		return fmt.Errorf("file %q has no entry", key)
+	}
+	if file.Key == "" {
+		file.Key = key
+	} else if file.Key != key {
+		return fmt.Errorf("file %q is recorded under key %q", file.Key, key)
+	}
+	if file.Rows < 0 || file.Size < 0 {
+		return fmt.Errorf("file %q has a negative size or row count", key)
+	}
+	if file.Acked == nil {
+		file.Acked = map[string]int64{}
+	}
+	for dest, n := range file.Acked {
+		if n < 0 {
+			return fmt.Errorf("file %q: destination %q acknowledged a negative row count", key, dest)
+		}
+	}
+	return nil
 }
 
 // storedGeneration reads only the generation token of a stored checkpoint (Save compares
@@ -178,6 +297,9 @@ type historyFile struct {
 	Runs    []json.RawMessage `json:"runs"` // newest first
 }
 
+// historyVersion is the run history's format; it did not change with the checkpoint's.
+const historyVersion = 1
+
 func decodeHistory(data []byte, sync, where string) ([]json.RawMessage, error) {
 	corrupt := func(format string, args ...any) error {
 		return &CorruptError{What: "run history", Where: where, Sync: sync, Err: fmt.Errorf(format, args...)}
@@ -190,7 +312,7 @@ func decodeHistory(data []byte, sync, where string) ([]json.RawMessage, error) {
 		return nil, corrupt("%v", err)
 	}
 	switch {
-	case h.Version > Version:
+	case h.Version > historyVersion:
 		return nil, &NewerFormatError{What: "run history", Where: where, Version: h.Version}
 	case h.Version < 1:
 		return nil, corrupt("no format version")
@@ -210,7 +332,7 @@ func prependHistory(runs []json.RawMessage, sync string, report []byte, keep int
 		}
 		out = append(out, r)
 	}
-	data, err := json.Marshal(historyFile{Version: Version, Sync: sync, Runs: out})
+	data, err := json.Marshal(historyFile{Version: historyVersion, Sync: sync, Runs: out})
 	if err != nil {
 		return nil, fmt.Errorf("encoding run history of sync %q: %w", sync, err)
 	}

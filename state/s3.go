@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
@@ -141,27 +142,47 @@ func (s *s3Store) Load(ctx context.Context, sync string) (*Checkpoint, error) {
 	if err := checkName("sync name", sync); err != nil {
 		return nil, err
 	}
+	var err error
+	for range loadAttempts {
+		var cp *Checkpoint
+		cp, err = s.load(ctx, sync)
+		if !errors.Is(err, errSegmentMissing) {
+			return cp, err
+		}
+		// A save merged the segment away after this load read the head: the head read
+		// again names the merged one.
+	}
+	return nil, &CorruptError{What: "checkpoint", Where: s.url(s.key(checkpointsDir, sync+".json")), Sync: sync, Err: err}
+}
+
+func (s *s3Store) load(ctx context.Context, sync string) (*Checkpoint, error) {
 	key := s.key(checkpointsDir, sync+".json")
 	data, etag, found, err := s.get(ctx, key)
 	if err != nil || !found {
 		return nil, err
 	}
-	cp, _, err := decodeCheckpoint(data, sync, s.url(key))
+	cp, _, removed, err := decodeHead(data, sync, s.url(key))
 	if err != nil {
 		return nil, err
 	}
 	cp.Generation = etag
+	if err := loadSegments(ctx, s, cp, removed); err != nil {
+		return nil, err
+	}
 	return cp, nil
 }
 
+// Save writes a compaction's segment (a plain PUT of a new key) before the head, whose
+// conditional PUT decides: when it fails, the segment is an orphan for a later
+// compaction to delete.
 func (s *s3Store) Save(ctx context.Context, cp *Checkpoint) error {
 	gen := newGeneration()
-	data, err := encodeCheckpoint(cp, gen)
+	plan, err := planSave(ctx, s, cp, gen)
 	if err != nil {
 		return err
 	}
 	key := s.key(checkpointsDir, cp.Sync+".json")
-	etag, conflict, err := s.putConditional(ctx, key, data, cp.Generation, gen)
+	etag, conflict, err := s.putConditional(ctx, key, plan.head, cp.Generation, gen)
 	if err != nil {
 		return fmt.Errorf("saving checkpoint: %w", err)
 	}
@@ -169,6 +190,71 @@ func (s *s3Store) Save(ctx context.Context, cp *Checkpoint) error {
 		return conflictError(s.url(key), cp.Sync)
 	}
 	cp.Generation = etag
+	plan.finish(ctx, s, cp)
+	return nil
+}
+
+func (s *s3Store) segmentKey(sync, id string) string {
+	return s.key(checkpointsDir, segmentName(sync, id))
+}
+
+func (s *s3Store) segmentWhere(sync, id string) string { return s.url(s.segmentKey(sync, id)) }
+
+func (s *s3Store) readSegment(ctx context.Context, sync, id string) ([]byte, error) {
+	key := s.segmentKey(sync, id)
+	data, _, found, err := s.get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint segment: %w", err)
+	}
+	if !found {
+		return nil, fmt.Errorf("reading checkpoint segment %s: %w", s.url(key), errSegmentMissing)
+	}
+	return data, nil
+}
+
+func (s *s3Store) writeSegment(ctx context.Context, sync, id string, data []byte) error {
+	key := s.segmentKey(sync, id)
+	_, err := s.client.PutObject(ctx, &s3.PutObjectInput{
+		Bucket:        aws.String(s.bucket),
+		Key:           aws.String(key),
+		Body:          bytes.NewReader(data),
+		ContentLength: aws.Int64(int64(len(data))),
+		ContentType:   aws.String("application/gzip"),
+		// The id is fresh: an object already there is not ours to replace.
+		IfNoneMatch: aws.String("*"),
+	})
+	if err != nil {
+		return fmt.Errorf("writing %w", s3conn.Describe(err, s.bucket, key))
+	}
+	return nil
+}
+
+func (s *s3Store) listSegments(ctx context.Context, sync string) (map[string]segmentInfo, error) {
+	prefix := s.key(checkpointsDir, sync+segmentInfix)
+	out := map[string]segmentInfo{}
+	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: aws.String(s.bucket), Prefix: aws.String(prefix)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("listing checkpoint segments %w", s3conn.Describe(err, s.bucket, prefix))
+		}
+		for _, o := range page.Contents {
+			id := segmentIDOf(sync, path.Base(aws.ToString(o.Key)))
+			if id == "" {
+				continue
+			}
+			out[id] = segmentInfo{age: time.Since(aws.ToTime(o.LastModified)), size: aws.ToInt64(o.Size)}
+		}
+	}
+	return out, nil
+}
+
+func (s *s3Store) deleteSegment(ctx context.Context, sync, id string) error {
+	key := s.segmentKey(sync, id)
+	_, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(key)})
+	if err != nil {
+		return fmt.Errorf("deleting checkpoint segment %w", s3conn.Describe(err, s.bucket, key))
+	}
 	return nil
 }
 
@@ -180,6 +266,16 @@ func (s *s3Store) Reset(ctx context.Context, sync string) error {
 		_, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(key)})
 		if err != nil {
 			return fmt.Errorf("resetting sync %q: deleting %w", sync, s3conn.Describe(err, s.bucket, key))
+		}
+	}
+	// After the head: without it the segments are orphans, never a checkpoint.
+	ids, err := s.listSegments(ctx, sync)
+	if err != nil {
+		return fmt.Errorf("resetting sync %q: %w", sync, err)
+	}
+	for id := range ids {
+		if err := s.deleteSegment(ctx, sync, id); err != nil {
+			return fmt.Errorf("resetting sync %q: %w", sync, err)
 		}
 	}
 	return nil
