@@ -124,6 +124,7 @@ type syncView struct {
 	Destinations []string
 	Running      bool
 	Current      *RunStatus
+	Elsewhere    *state.Holder // another replica's run holds the lease
 	Live         *liveView
 	Last         *runView
 	Runs         []runView
@@ -255,7 +256,7 @@ func (s *Server) handleUIRun(w http.ResponseWriter, r *http.Request) {
 	}
 	full := r.PostFormValue("full") == "1"
 	q := url.Values{}
-	id, queued, err := s.trigger(st, full, TriggerAPI)
+	id, queued, err := s.trigger(st, full, TriggerAPI, time.Time{})
 	switch {
 	case errors.Is(err, ErrRunning):
 		q.Set("running", id)
@@ -374,6 +375,9 @@ func (s *Server) newPage(title, sync string, statuses []SyncStatus, r *http.Requ
 // syncView decodes up to keep of the sync's runs.
 func (s *Server) syncView(ss SyncStatus, keep int) syncView {
 	v := syncView{Name: ss.Name, Schedule: ss.Schedule, Running: ss.Running, Current: ss.Current}
+	if ss.RunningElsewhere {
+		v.Elsewhere = ss.Lease
+	}
 	if st := s.live[ss.Name]; st != nil {
 		v.Destinations = st.order
 	}

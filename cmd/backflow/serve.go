@@ -82,7 +82,10 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 			Sync:     s,
 			Full:     full,
 			Registry: registry,
-			Store:    store,
+			// The server's store: with several replicas over one state, a run whose
+			// slot another replica already ran stops once it holds the lease, and the
+			// lease is kept until the run's report is in the history.
+			Store:    srv.RunStore(),
 			Logger:   logger,
 			Observer: srv.Observer(),
 			Stdout:   g.stdout,
