@@ -31,6 +31,11 @@ func newReplica(t *testing.T, dir string, n *notify.Notifier) *replica {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newReplicaOn(t, store, n)
+}
+
+func newReplicaOn(t *testing.T, store state.Store, n *notify.Notifier) *replica {
+	t.Helper()
 	r := &replica{store: store, logs: newLogRecorder(), hold: make(chan chan struct{}, 1)}
 	host, _ := os.Hostname()
 	run := func(ctx context.Context, sync string, _ bool) (*pipeline.Report, error) {
@@ -210,5 +215,71 @@ func TestSlotTaken(t *testing.T) {
 		if ran, id := slotTaken(hist, slot); ran != c.ran || id != c.id {
 			t.Errorf("slotTaken(%s) = %v, %q; want %v, %q", c.slot, ran, id, c.ran, c.id)
 		}
+	}
+}
+
+// slowAppend is a store whose AppendHistory waits until the test lets it go.
+type slowAppend struct {
+	state.Store
+	entered chan struct{}
+	proceed chan struct{}
+}
+
+func (s slowAppend) Holder(ctx context.Context, sync string) (*state.Holder, error) {
+	return s.Store.(state.HolderReader).Holder(ctx, sync)
+}
+
+func (s slowAppend) AppendHistory(ctx context.Context, sync string, report []byte, keep int) error {
+	s.entered <- struct{}{}
+	<-s.proceed
+	return s.Store.AppendHistory(ctx, sync, report, keep)
+}
+
+// A run of the same process that starts while the previous run's report is still being
+// stored (the previous run still holds the lease) waits for it: it runs, it is not
+// taken for another replica's.
+func TestNextRunWaitsForPreviousLease(t *testing.T) {
+	t.Parallel()
+	store, err := state.Open(context.Background(), config.StateConfig{URL: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow := slowAppend{Store: store, entered: make(chan struct{}, 2), proceed: make(chan struct{})}
+	r := newReplicaOn(t, slow, nil)
+	first, _, err := r.Trigger("users", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-slow.entered // the first run returned; its report is being stored
+	second, _, err := r.Trigger("users", false)
+	if err != nil {
+		t.Fatalf("a second run once the first returned: %v", err)
+	}
+	close(slow.proceed)
+	select {
+	case <-slow.entered: // the second run's report
+	case <-time.After(wait):
+		_, raw := r.logs.all()
+		t.Fatalf("the second run recorded nothing:\n%s", raw)
+	}
+	r.waitIdle(t)
+	lines, raw := r.logs.all()
+	for _, l := range lines {
+		if msg, _ := l["msg"].(string); strings.Contains(msg, "elsewhere") {
+			t.Fatalf("a run of this process was taken for another's:\n%s", raw)
+		}
+	}
+	hist, err := store.History(context.Background(), "users")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, b := range hist {
+		var rep pipeline.Report
+		_ = json.Unmarshal(b, &rep)
+		ids = append(ids, rep.RunID)
+	}
+	if want := []string{second, first}; !slices.Equal(ids, want) {
+		t.Fatalf("history %v, want %v", ids, want)
 	}
 }

@@ -150,6 +150,9 @@ type syncState struct {
 	// holder is who held the sync's lease when history was last read: a replica's run
 	// shows on every replica's page.
 	holder *state.Holder
+	// settled is closed once the sync's last run here has stored its report and
+	// released its lease (nil before the first run).
+	settled chan struct{}
 }
 
 // current is a run that was triggered and has not finished.
@@ -278,15 +281,37 @@ func (s *Server) trigger(st *syncState, full bool, how string, due time.Time) (s
 	default:
 	}
 	st.cur = cur
+	prev, done := st.settled, make(chan struct{})
+	st.settled = done
 	s.runs.Add(1)
-	go s.execute(st, cur, slot)
+	go s.execute(st, cur, slot, prev, done)
 	return cur.id, !slot, nil
 }
 
 // execute is one run's goroutine: wait for a slot if needed, run, record.
-func (s *Server) execute(st *syncState, cur *current, haveSlot bool) {
+// prev is closed once the sync's previous run in this process has settled (its report
+// stored and its lease released; nil: none); execute closes done when this one has.
+func (s *Server) execute(st *syncState, cur *current, haveSlot bool, prev <-chan struct{}, done chan<- struct{}) {
 	defer s.runs.Done()
+	defer close(done) // after every other deferred call: the lease is released by then
 	log := s.log.With("sync", st.name, "run_id", cur.id)
+	if prev != nil {
+		// The sync is idle once its run returned, but that run keeps the lease until
+		// its report is stored: wait, or this run would find the lease held by this
+		// very process and take it for another replica's.
+		select {
+		case <-prev:
+		case <-s.runCtx.Done():
+			if haveSlot {
+				<-s.sem
+			}
+			log.Info("run not started: shutting down")
+			s.mu.Lock()
+			st.cur = nil
+			s.mu.Unlock()
+			return
+		}
+	}
 	if !haveSlot {
 		log.Info("run waiting for a free slot", "trigger", cur.trigger, "max_concurrent_runs", cap(s.sem))
 		got := false
