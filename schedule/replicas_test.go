@@ -144,6 +144,14 @@ func TestReplicasRunEachSlotOnce(t *testing.T) {
 	if len(list) != 1 || list[0].Running || !list[0].RunningElsewhere || list[0].Lease == nil || list[0].Lease.RunID != a.Status()[0].Current.RunID {
 		t.Errorf("B's GET /syncs while A runs: %+v; want running_elsewhere with A's run in lease", list)
 	}
+	// And the status page, home and the sync's own, with A's host and run.
+	for _, path := range []string{"/", "/ui/syncs/users"} {
+		page := do(t, "GET", b.url+path)
+		if body := string(page.body); page.code != 200 || !strings.Contains(body, "on another replica") ||
+			!strings.Contains(body, a.Status()[0].Current.RunID) {
+			t.Errorf("B's GET %s while A runs: %d; want the run on another replica, with its run id:\n%s", path, page.code, body)
+		}
+	}
 	close(release)
 	a.waitIdle(t)
 
