@@ -293,6 +293,9 @@ type liveResponse struct {
 }
 
 func (s *Server) handleLive(w http.ResponseWriter, r *http.Request) {
+	// Other replicas' runs start and end in the store: read it (at most every
+	// HistoryRefresh), so that the generation changes and the page reloads.
+	s.loadHistory(r.Context())
 	statuses := s.Status()
 	if name := r.URL.Query().Get("sync"); name != "" {
 		st, ok := s.byName[name]
@@ -306,6 +309,9 @@ func (s *Server) handleLive(w http.ResponseWriter, r *http.Request) {
 	}
 	resp := liveResponse{Gen: generation(statuses), Live: map[string]map[string]string{}}
 	for _, ss := range statuses {
+		if ss.RunningElsewhere {
+			resp.Running = true // poll as often as for a run here: it ends in the store
+		}
 		if ss.Current == nil {
 			continue
 		}
@@ -522,6 +528,9 @@ func generation(statuses []SyncStatus) string {
 		io.WriteString(h, ss.Name)
 		if ss.Current != nil {
 			io.WriteString(h, "\x00"+ss.Current.RunID+ss.Current.State)
+		}
+		if ss.RunningElsewhere {
+			io.WriteString(h, "\x00elsewhere "+ss.Lease.RunID)
 		}
 		if ss.NextRun != nil {
 			io.WriteString(h, "\x00"+ss.NextRun.Format(time.RFC3339))
