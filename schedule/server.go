@@ -147,6 +147,9 @@ type syncState struct {
 	pending []historyEntry
 	// historyRead is when history was last read from the store (zero: never).
 	historyRead time.Time
+	// appended counts this process's reports the store took: a read of the store that
+	// began before one of them may lack it, and is not shown.
+	appended int
 	// holder is who held the sync's lease when history was last read: a replica's run
 	// shows on every replica's page.
 	holder *state.Holder
@@ -183,7 +186,7 @@ func NewServer(opts Options) (*Server, error) {
 		return nil, errors.New("schedule: Options.Run is required")
 	}
 	if opts.MaxConcurrentRuns < 0 || opts.History < 0 || opts.ShutdownGrace < 0 || opts.HistoryRefresh < 0 {
-		return nil, errors.New("serve: max_concurrent_runs, history and shutdown_grace may not be negative")
+		return nil, errors.New("serve: max_concurrent_runs, history, shutdown_grace and the history refresh may not be negative")
 	}
 	s := &Server{
 		run:     opts.Run,
@@ -392,6 +395,7 @@ func (s *Server) execute(st *syncState, cur *current, haveSlot bool, prev <-chan
 		} else {
 			s.mu.Lock()
 			st.pending = slices.DeleteFunc(st.pending, func(e historyEntry) bool { return e.runID == entry.runID })
+			st.appended++
 			s.mu.Unlock()
 		}
 		cancel()
@@ -664,6 +668,7 @@ func (s *Server) loadHistory(ctx context.Context) {
 	for _, st := range s.syncs {
 		s.mu.Lock()
 		fresh := !st.historyRead.IsZero() && time.Since(st.historyRead) < s.refresh
+		appended := st.appended
 		s.mu.Unlock()
 		if fresh {
 			continue
@@ -687,9 +692,11 @@ func (s *Server) loadHistory(ctx context.Context) {
 			stored = append(stored, historyEntry{runID: head.RunID, started: head.StartedAt, report: json.RawMessage(b)})
 		}
 		s.mu.Lock()
-		st.history = trimHistory(mergeHistory(st.pending, stored), s.history)
-		st.historyRead = time.Now()
-		st.holder = holder
+		if st.appended == appended { // else the next request reads it again
+			st.history = trimHistory(mergeHistory(st.pending, stored), s.history)
+			st.historyRead = time.Now()
+			st.holder = holder
+		}
 		s.mu.Unlock()
 	}
 }
