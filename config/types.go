@@ -122,7 +122,8 @@ type Mapping struct {
 // Schedule says when `backflow serve` runs a sync. Both empty: manual only.
 type Schedule struct {
 	Every time.Duration `mapstructure:"every"`
-	// Start anchors `every`: runs happen at Start + k*Every. Zero: from when serve starts.
+	// Start anchors `every`: runs happen at Start + k*Every. Zero: the Unix epoch, so
+	// that every replica of serve (and every restart) has the same due times.
 	Start time.Time `mapstructure:"start"`
 	Cron  string    `mapstructure:"cron"` // 5 fields, UTC
 }

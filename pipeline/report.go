@@ -40,6 +40,11 @@ type Report struct {
 	PeakRSSBytes int64 `json:"peak_rss_bytes,omitempty"`
 	// CheckpointSaves counts the checkpoints this run wrote.
 	CheckpointSaves int64 `json:"checkpoint_saves,omitempty"`
+	// ScheduledFor is the due time of the schedule slot a run of `serve` was started
+	// for (absent for a run started by hand or by `backflow sync`). Replicas of serve
+	// sharing a state compare it with the newest stored report, so that each slot runs
+	// on one replica only.
+	ScheduledFor time.Time `json:"scheduled_for,omitzero"`
 }
 
 // FileCounts counts the files of a run.

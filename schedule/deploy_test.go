@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -115,15 +117,20 @@ func checkConfig(t *testing.T, cm obj, container any) obj {
 
 func TestDeployKubernetesDeployment(t *testing.T) {
 	ds := docs(t, filepath.Join(deployDir, "kubernetes", "deployment.yaml"))
-	for _, k := range []string{"ServiceAccount", "ConfigMap", "Secret", "Deployment", "Service"} {
+	for _, k := range []string{"ServiceAccount", "ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget"} {
 		byKind(t, ds, k)
 	}
 	dep := byKind(t, ds, "Deployment")
-	if r := get(t, dep, "spec", "replicas"); r != 1 {
-		t.Errorf("replicas %v: two pods would run every schedule twice", r)
+	// Replicas share the s3:// state (checkConfig): each due run runs on one of them.
+	replicas, _ := get(t, dep, "spec", "replicas").(int)
+	if replicas < 2 {
+		t.Errorf("replicas %v: want at least 2, so that losing a pod loses no schedule", replicas)
 	}
-	if s := get(t, dep, "spec", "strategy", "type"); s != "Recreate" {
-		t.Errorf("strategy %v: a rolling update runs two pods at once", s)
+	if s := get(t, dep, "spec", "strategy", "type"); s != "RollingUpdate" {
+		t.Errorf("strategy %v: replicas sharing a state can be updated one at a time", s)
+	}
+	if u := get(t, dep, "spec", "strategy", "rollingUpdate", "maxUnavailable"); u != 0 {
+		t.Errorf("rollingUpdate.maxUnavailable %v, want 0: a pod is replaced before another goes", u)
 	}
 	pod := get(t, dep, "spec", "template", "spec")
 	c := get(t, pod, "containers", 0)
@@ -152,11 +159,37 @@ func TestDeployKubernetesDeployment(t *testing.T) {
 	if tp := get(t, svc, "spec", "ports", 0, "targetPort"); tp != get(t, c, "ports", 0, "name") {
 		t.Errorf("Service targetPort %v is not the container's port", tp)
 	}
-	sel := get(t, svc, "spec", "selector").(obj)
 	labels := get(t, dep, "spec", "template", "metadata", "labels").(obj)
-	for k, v := range sel {
-		if labels[k] != v {
-			t.Errorf("Service selector %s=%v does not match the pod", k, v)
+	matches := func(what string, sel obj) {
+		t.Helper()
+		if len(sel) == 0 {
+			t.Errorf("%s selects nothing", what)
+		}
+		for k, v := range sel {
+			if labels[k] != v {
+				t.Errorf("%s selector %s=%v does not match the pod", what, k, v)
+			}
+		}
+	}
+	matches("Service", get(t, svc, "spec", "selector").(obj))
+
+	// The budget keeps at least one replica through drains, and lets one go.
+	pdb := byKind(t, ds, "PodDisruptionBudget")
+	if v := get(t, pdb, "apiVersion"); v != "policy/v1" {
+		t.Errorf("PodDisruptionBudget apiVersion %v, want policy/v1", v)
+	}
+	matches("PodDisruptionBudget", get(t, pdb, "spec", "selector", "matchLabels").(obj))
+	minAvail, _ := get(t, pdb, "spec", "minAvailable").(int)
+	if minAvail < 1 || minAvail >= replicas {
+		t.Errorf("PodDisruptionBudget minAvailable %v with %d replicas: want at least 1 and fewer than the replicas, or no drain can proceed", get(t, pdb, "spec", "minAvailable"), replicas)
+	}
+	for i, c := range get(t, pod, "topologySpreadConstraints").([]any) {
+		matches(fmt.Sprintf("topologySpreadConstraints[%d]", i), get(t, c, "labelSelector", "matchLabels").(obj))
+	}
+	// The lease_ttl, when set, is one serve accepts.
+	if ttl, ok := get(t, cfg, "state", "lease_ttl").(string); ok {
+		if d, err := time.ParseDuration(ttl); err != nil || d < 2*time.Second {
+			t.Errorf("state.lease_ttl %q: want a duration of at least 2s", ttl)
 		}
 	}
 }

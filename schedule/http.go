@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/backflowhq/backflow/state"
 )
 
 // SyncStatus is one element of GET /syncs.
@@ -21,6 +23,12 @@ type SyncStatus struct {
 	Running bool `json:"running"`
 	// Current describes that run; absent when idle.
 	Current *RunStatus `json:"current,omitempty"`
+	// Lease is who holds the sync's lease, read from the state with the history: a run
+	// of this process or of another replica sharing the state. Absent when none does.
+	Lease *state.Holder `json:"lease,omitempty"`
+	// RunningElsewhere is true when the lease holder is not a run of this process:
+	// another replica (or a `backflow sync`) runs the sync.
+	RunningElsewhere bool `json:"running_elsewhere,omitempty"`
 	// Runs are the kept run reports, newest first ([] when none).
 	Runs []json.RawMessage `json:"runs"`
 }
@@ -93,6 +101,11 @@ func (s *Server) statusLocked(st *syncState) SyncStatus {
 		}
 		ss.Current = rs
 	}
+	if h := st.holder; h != nil {
+		hc := *h
+		ss.Lease = &hc
+		ss.RunningElsewhere = st.cur == nil || h.RunID != st.cur.id
+	}
 	for _, e := range st.history {
 		ss.Runs = append(ss.Runs, e.report)
 	}
@@ -134,7 +147,7 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
 		}
 		full = b
 	}
-	id, queued, err := s.trigger(st, full, TriggerAPI)
+	id, queued, err := s.trigger(st, full, TriggerAPI, time.Time{})
 	switch {
 	case errors.Is(err, ErrRunning):
 		writeJSON(w, http.StatusConflict, errorResponse{Sync: name, Error: "already running", RunID: id})

@@ -27,6 +27,7 @@ type metrics struct {
 	duration      *prometheus.HistogramVec // sync, status
 	runs          *prometheus.CounterVec   // sync, status
 	skipped       *prometheus.CounterVec   // sync
+	elsewhere     *prometheus.CounterVec   // sync
 	lastSuccess   *prometheus.GaugeVec     // sync
 	inProgress    *prometheus.GaugeVec     // sync
 	nextRun       *prometheus.GaugeVec     // sync
@@ -68,6 +69,7 @@ func newMetrics(syncs []config.Sync) *metrics {
 		}, []string{"sync", "status"}),
 		runs:        counter("runs_total", "Runs that ended, by final status (ok, partial, failed).", "sync", "status"),
 		skipped:     counter("runs_skipped_total", "Scheduled runs skipped because the sync was still running.", "sync"),
+		elsewhere:   counter("runs_elsewhere_total", "Runs not run by this process because another one sharing the state ran or runs them (replicas).", "sync"),
 		lastSuccess: gauge("last_success_timestamp_seconds", "Unix time at which the last run with status ok or partial ended; 0 before the first.", "sync"),
 		inProgress:  gauge("runs_in_progress", "Runs of the sync executing now (1 or 0: a sync never overlaps itself).", "sync"),
 		nextRun:     gauge("next_run_timestamp_seconds", "Unix time of the next scheduled run; 0 for a manual sync or after shutdown began.", "sync"),
@@ -83,7 +85,7 @@ func newMetrics(syncs []config.Sync) *metrics {
 	for _, sc := range syncs {
 		n := sc.Name
 		for _, c := range []*prometheus.CounterVec{m.rowsRead, m.rowsSent, m.rowsUnchanged, m.rowsRejected,
-			m.filesRead, m.filesRejected, m.skipped, m.liveRows, m.liveBytes} {
+			m.filesRead, m.filesRejected, m.skipped, m.elsewhere, m.liveRows, m.liveBytes} {
 			c.WithLabelValues(n)
 		}
 		for _, st := range []string{pipeline.StatusOK, pipeline.StatusPartial, pipeline.StatusFailed} {

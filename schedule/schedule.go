@@ -69,34 +69,34 @@ func (Manual) String() string { return "manual" }
 
 // Every runs a sync at Start + k*Interval (k = 0, 1, 2, …).
 //
-// With a zero Start the schedule has no anchor of its own and Next(after) is simply
-// after + Interval; the Server anchors such a schedule at the moment it is created
-// (when `backflow serve` starts), so the first run happens one Interval after start-up
-// and the runs never drift, however long each one takes.
+// With a zero Start the anchor is the Unix epoch (1970-01-01T00:00:00Z): the runs fall
+// on the multiples of Interval since then (every 1h on the hour, every 15m at :00,
+// :15, :30 and :45 UTC), and the first run is the first such time after `serve`
+// starts. The due times depend on nothing but the config, so every replica of `serve`
+// sharing a state computes the same ones, and a restart does not move them.
 type Every struct {
 	Interval time.Duration
 	Start    time.Time
-
-	// implicit: Start was set by the server at start-up, not by the config, so String
-	// leaves it out.
-	implicit bool
 }
+
+// epoch is the anchor of an Every without Start.
+var epoch = time.Unix(0, 0).UTC()
 
 // chunk bounds the span Next measures with one time.Duration (which saturates at about
 // 292 years): an anchor further away is first moved forward by whole intervals.
 const chunk = time.Duration(1 << 62)
 
 // Next returns the first Start + k*Interval strictly after after (Start itself when
-// after is before it), in UTC.
+// after is before it; the Unix epoch stands for a zero Start), in UTC.
 func (e Every) Next(after time.Time) time.Time {
 	iv := e.Interval
 	if iv <= 0 {
 		return time.Time{} // not produced by Parse; never fire rather than spin
 	}
-	if e.Start.IsZero() {
-		return after.Add(iv).UTC()
-	}
 	start := e.Start
+	if start.IsZero() {
+		start = epoch
+	}
 	if after.Before(start) {
 		return start.UTC()
 	}
@@ -121,18 +121,10 @@ func (e Every) Next(after time.Time) time.Time {
 
 func (e Every) String() string {
 	s := "every " + shortDuration(e.Interval)
-	if !e.Start.IsZero() && !e.implicit {
+	if !e.Start.IsZero() {
 		s += " from " + e.Start.UTC().Format(time.RFC3339)
 	}
 	return s
-}
-
-// anchored returns e anchored at t when it has no Start of its own.
-func (e Every) anchored(t time.Time) Every {
-	if e.Start.IsZero() {
-		e.Start, e.implicit = t, true
-	}
-	return e
 }
 
 // shortDuration writes 1h instead of time.Duration's 1h0m0s.

@@ -100,18 +100,25 @@ func TestEveryNextAnchored(t *testing.T) {
 }
 
 func TestEveryNextUnanchored(t *testing.T) {
+	// Without start the anchor is the Unix epoch: the same due times in every process,
+	// whenever it started.
 	e := Every{Interval: 10 * time.Second}
-	after := utc("2025-01-01T00:00:03Z")
-	if got, want := e.Next(after), utc("2025-01-01T00:00:13Z"); !got.Equal(want) {
+	if got, want := e.Next(utc("2025-01-01T00:00:03Z")), utc("2025-01-01T00:00:10Z"); !got.Equal(want) {
 		t.Fatalf("Next = %s, want %s", got, want)
 	}
-	// The server anchors it at start-up: runs then stay on start + k*interval.
-	a := e.anchored(after)
-	if got, want := a.Next(utc("2025-01-01T00:01:00Z")), utc("2025-01-01T00:01:03Z"); !got.Equal(want) {
-		t.Fatalf("anchored Next = %s, want %s", got, want)
+	if got, want := e.Next(utc("2025-01-01T00:00:10Z")), utc("2025-01-01T00:00:20Z"); !got.Equal(want) {
+		t.Fatalf("Next on a due time = %s, want %s", got, want)
 	}
-	if b := a.anchored(utc("2030-01-01T00:00:00Z")); !b.Start.Equal(after) {
-		t.Fatalf("anchored replaced an existing anchor: %s", b.Start)
+	h := Every{Interval: time.Hour}
+	if got, want := h.Next(utc("2025-01-01T10:07:00Z")), utc("2025-01-01T11:00:00Z"); !got.Equal(want) {
+		t.Fatalf("every 1h: Next = %s, want %s", got, want)
+	}
+	// 7m does not divide a day: the slots follow the epoch, not midnight.
+	s := Every{Interval: 7 * time.Minute}
+	after := utc("2025-01-01T00:00:00Z")
+	got := s.Next(after)
+	if got.Sub(epoch)%(7*time.Minute) != 0 || !got.After(after) || got.Sub(after) > 7*time.Minute {
+		t.Fatalf("every 7m: Next(%s) = %s, not the next multiple of 7m since the epoch", after, got)
 	}
 }
 
@@ -218,8 +225,7 @@ func FuzzEveryNext(f *testing.F) {
 }
 
 func TestEveryStringKeepsConfigForm(t *testing.T) {
-	e := Every{Interval: time.Hour}.anchored(utc("2025-01-01T00:00:00Z"))
-	if e.String() != "every 1h" {
-		t.Fatalf("an anchor set at start-up shows in String: %q", e.String())
+	if e := (Every{Interval: time.Hour}); e.String() != "every 1h" {
+		t.Fatalf("String = %q, want every 1h", e.String())
 	}
 }

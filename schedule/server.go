@@ -1,6 +1,7 @@
 package schedule
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"slices"
 	"sync"
 	"time"
 
@@ -25,6 +27,9 @@ const (
 	DefaultMaxConcurrentRuns = 4
 	DefaultHistory           = 20
 	DefaultShutdownGrace     = 30 * time.Second
+	// DefaultHistoryRefresh keeps pages and /syncs within half a second of the runs of
+	// other replicas, without one store read per request when many are made.
+	DefaultHistoryRefresh = 500 * time.Millisecond
 )
 
 const (
@@ -85,6 +90,9 @@ type Options struct {
 	Notifier *notify.Notifier
 	// AuthToken, when set, is required by every endpoint but /healthz (see auth.go).
 	AuthToken string
+	// HistoryRefresh is how long the history read from the store is shown before a
+	// request reads it again (default DefaultHistoryRefresh): other replicas append to it.
+	HistoryRefresh time.Duration
 }
 
 // Server runs syncs on their schedules and serves serve's HTTP endpoints. Build it
@@ -94,6 +102,7 @@ type Server struct {
 	store   state.Store
 	sem     chan struct{} // one token per executing run
 	history int
+	refresh time.Duration // Options.HistoryRefresh
 	grace   time.Duration
 	log     *slog.Logger
 	now     func() time.Time
@@ -130,10 +139,23 @@ type syncState struct {
 	histMu sync.Mutex
 
 	// Guarded by Server.mu.
-	next          time.Time      // zero: none scheduled
-	cur           *current       // nil: idle
-	history       []historyEntry // newest first
-	historyLoaded bool
+	next    time.Time      // zero: none scheduled
+	cur     *current       // nil: idle
+	history []historyEntry // newest first
+	// pending are reports of this process not yet in the store (being written, or the
+	// write failed): shown beside the stored history until the store has them.
+	pending []historyEntry
+	// historyRead is when history was last read from the store (zero: never).
+	historyRead time.Time
+	// appended counts this process's reports the store took: a read of the store that
+	// began before one of them may lack it, and is not shown.
+	appended int
+	// holder is who held the sync's lease when history was last read: a replica's run
+	// shows on every replica's page.
+	holder *state.Holder
+	// settled is closed once the sync's last run here has stored its report and
+	// released its lease (nil before the first run).
+	settled chan struct{}
 }
 
 // current is a run that was triggered and has not finished.
@@ -143,23 +165,28 @@ type current struct {
 	full      bool
 	queuedAt  time.Time
 	startedAt time.Time // zero while waiting for a slot
+	// slot is the due time a scheduled run was started for (zero: started by hand).
+	slot time.Time
 }
 
 type historyEntry struct {
-	runID  string
-	report json.RawMessage
+	runID   string
+	started time.Time // the report's started_at: histories of replicas merge by it
+	report  json.RawMessage
 }
 
 var syncName = regexp.MustCompile(`^[a-z0-9_-]+$`)
 
 // NewServer checks opts and parses every sync's schedule. Schedules given as `every`
-// without `start` are anchored now: their first run is one interval later.
+// without `start` are anchored at the Unix epoch, so that every replica (and every
+// restart) has the same due times: the first run is the first multiple of the interval
+// since the epoch after start-up.
 func NewServer(opts Options) (*Server, error) {
 	if opts.Run == nil {
 		return nil, errors.New("schedule: Options.Run is required")
 	}
-	if opts.MaxConcurrentRuns < 0 || opts.History < 0 || opts.ShutdownGrace < 0 {
-		return nil, errors.New("serve: max_concurrent_runs, history and shutdown_grace may not be negative")
+	if opts.MaxConcurrentRuns < 0 || opts.History < 0 || opts.ShutdownGrace < 0 || opts.HistoryRefresh < 0 {
+		return nil, errors.New("serve: max_concurrent_runs, history, shutdown_grace and the history refresh may not be negative")
 	}
 	s := &Server{
 		run:     opts.Run,
@@ -182,6 +209,7 @@ func NewServer(opts Options) (*Server, error) {
 	if s.grace == 0 {
 		s.grace = DefaultShutdownGrace
 	}
+	s.refresh = cmp.Or(opts.HistoryRefresh, DefaultHistoryRefresh)
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -199,9 +227,6 @@ func NewServer(opts Options) (*Server, error) {
 		sched, err := Parse(sc.Schedule)
 		if err != nil {
 			return nil, fmt.Errorf("syncs[%d].schedule: %w", i, err)
-		}
-		if e, ok := sched.(Every); ok {
-			sched = e.anchored(start)
 		}
 		st := &syncState{name: sc.Name, sched: sched, next: sched.Next(start)}
 		s.syncs = append(s.syncs, st)
@@ -236,10 +261,11 @@ func (s *Server) Trigger(name string, full bool) (runID string, queued bool, err
 	if !ok {
 		return "", false, fmt.Errorf("%w %q", ErrUnknownSync, name)
 	}
-	return s.trigger(st, full, TriggerAPI)
+	return s.trigger(st, full, TriggerAPI, time.Time{})
 }
 
-func (s *Server) trigger(st *syncState, full bool, how string) (string, bool, error) {
+// trigger starts a run of st; due is the due time of a scheduled run (zero otherwise).
+func (s *Server) trigger(st *syncState, full bool, how string, due time.Time) (string, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopping {
@@ -249,7 +275,7 @@ func (s *Server) trigger(st *syncState, full bool, how string) (string, bool, er
 		return st.cur.id, false, fmt.Errorf("%s: %w (run %s)", st.name, ErrRunning, st.cur.id)
 	}
 	now := s.now()
-	cur := &current{id: newRunID(now), trigger: how, full: full, queuedAt: now}
+	cur := &current{id: newRunID(now), trigger: how, full: full, queuedAt: now, slot: due}
 	slot := false
 	select {
 	case s.sem <- struct{}{}:
@@ -258,15 +284,37 @@ func (s *Server) trigger(st *syncState, full bool, how string) (string, bool, er
 	default:
 	}
 	st.cur = cur
+	prev, done := st.settled, make(chan struct{})
+	st.settled = done
 	s.runs.Add(1)
-	go s.execute(st, cur, slot)
+	go s.execute(st, cur, slot, prev, done)
 	return cur.id, !slot, nil
 }
 
 // execute is one run's goroutine: wait for a slot if needed, run, record.
-func (s *Server) execute(st *syncState, cur *current, haveSlot bool) {
+// prev is closed once the sync's previous run in this process has settled (its report
+// stored and its lease released; nil: none); execute closes done when this one has.
+func (s *Server) execute(st *syncState, cur *current, haveSlot bool, prev <-chan struct{}, done chan<- struct{}) {
 	defer s.runs.Done()
+	defer close(done) // after every other deferred call: the lease is released by then
 	log := s.log.With("sync", st.name, "run_id", cur.id)
+	if prev != nil {
+		// The sync is idle once its run returned, but that run keeps the lease until
+		// its report is stored: wait, or this run would find the lease held by this
+		// very process and take it for another replica's.
+		select {
+		case <-prev:
+		case <-s.runCtx.Done():
+			if haveSlot {
+				<-s.sem
+			}
+			log.Info("run not started: shutting down")
+			s.mu.Lock()
+			st.cur = nil
+			s.mu.Unlock()
+			return
+		}
+	}
 	if !haveSlot {
 		log.Info("run waiting for a free slot", "trigger", cur.trigger, "max_concurrent_runs", cap(s.sem))
 		got := false
@@ -292,13 +340,26 @@ func (s *Server) execute(st *syncState, cur *current, haveSlot bool) {
 
 	s.metrics.inProgress.WithLabelValues(st.name).Inc()
 	s.live[st.name].begin(cur.id, time.Now())
-	log.Info("run started", "trigger", cur.trigger, "full", cur.full)
-	s.notify.Started(st.name, cur.id)
+	// "run started" is logged and run.started sent once the run holds the sync's
+	// lease (runControl.start), not before: a replica that finds it held starts nothing.
+	ctl := &runControl{s: s, st: st, cur: cur}
 	began := time.Now()
-	rep, err := s.call(withRunID(s.runCtx, cur.id), st.name, cur.full)
+	rep, err := s.call(withRunControl(withRunID(s.runCtx, cur.id), ctl), st.name, cur.full)
 	elapsed := time.Since(began)
 	<-s.sem
 	s.metrics.inProgress.WithLabelValues(st.name).Dec()
+	// The lease outlives the run until its report is stored (deferred calls run last):
+	// the next replica to take it finds this run's slot in the history.
+	defer ctl.release(context.Background())
+
+	if ctl.elsewhere(err) {
+		s.mu.Lock()
+		st.cur = nil
+		s.mu.Unlock()
+		return
+	}
+	// A RunFunc that took no lease through RunStore: the run did start.
+	ctl.start()
 
 	r, status := s.complete(rep, err, st.name, cur, elapsed)
 	s.metrics.observeRun(st.name, r, status, elapsed, s.now())
@@ -316,8 +377,12 @@ func (s *Server) execute(st *syncState, cur *current, haveSlot bool) {
 	// for this one: a sync's history is appended in run order, one writer at a time.
 	st.histMu.Lock()
 	defer st.histMu.Unlock()
+	entry.started = r.StartedAt
 	s.mu.Lock()
 	st.history = trimHistory(append([]historyEntry{entry}, st.history...), s.history)
+	if s.store != nil {
+		st.pending = trimHistory(append([]historyEntry{entry}, st.pending...), s.history)
+	}
 	st.cur = nil
 	s.mu.Unlock()
 
@@ -327,6 +392,11 @@ func (s *Server) execute(st *syncState, cur *current, haveSlot bool) {
 		ctx, cancel := context.WithTimeout(s.hardCtx, historyTimeout)
 		if err := s.store.AppendHistory(ctx, st.name, b, s.history); err != nil {
 			log.Error("run history not saved", "store", s.store.String(), "error", err)
+		} else {
+			s.mu.Lock()
+			st.pending = slices.DeleteFunc(st.pending, func(e historyEntry) bool { return e.runID == entry.runID })
+			st.appended++
+			s.mu.Unlock()
 		}
 		cancel()
 	}
@@ -360,6 +430,9 @@ func (s *Server) complete(rep *pipeline.Report, err error, name string, cur *cur
 	}
 	if r.RunID == "" {
 		r.RunID = cur.id
+	}
+	if r.ScheduledFor.IsZero() && !cur.slot.IsZero() {
+		r.ScheduledFor = cur.slot.UTC()
 	}
 	if rep == nil && cur.full {
 		r.FullSync, r.FullSyncReason = true, "requested"
@@ -554,7 +627,7 @@ func (s *Server) loop(ctx context.Context, st *syncState) {
 			return
 		case <-t.C:
 		}
-		id, _, err := s.trigger(st, false, TriggerSchedule)
+		id, _, err := s.trigger(st, false, TriggerSchedule, next)
 		switch {
 		case errors.Is(err, ErrRunning):
 			s.metrics.skipped.WithLabelValues(st.name).Inc()
@@ -584,18 +657,20 @@ func (s *Server) setNext(st *syncState, t time.Time) {
 	s.metrics.nextRun.WithLabelValues(st.name).Set(unixSeconds(t))
 }
 
-// loadHistory reads, once per sync, the reports the store kept from earlier processes
-// and merges them after the ones this process recorded. A store error is logged and
-// retried at the next GET /syncs.
+// loadHistory reads each sync's history from the store (the reports of every replica
+// and earlier process) and who holds its lease, unless read less than Options.HistoryRefresh
+// ago, and merges this process's reports that the store does not have yet. A store
+// error is logged and leaves what was shown; it is tried again at the next request.
 func (s *Server) loadHistory(ctx context.Context) {
 	if s.store == nil {
 		return
 	}
 	for _, st := range s.syncs {
 		s.mu.Lock()
-		loaded := st.historyLoaded
+		fresh := !st.historyRead.IsZero() && time.Since(st.historyRead) < s.refresh
+		appended := st.appended
 		s.mu.Unlock()
-		if loaded {
+		if fresh {
 			continue
 		}
 		raw, err := s.store.History(ctx, st.name)
@@ -603,46 +678,54 @@ func (s *Server) loadHistory(ctx context.Context) {
 			s.log.Warn("reading run history", "sync", st.name, "store", s.store.String(), "error", err)
 			continue
 		}
+		holder := s.leaseHolder(ctx, st.name)
 		stored := make([]historyEntry, 0, len(raw))
 		for i, b := range raw {
 			var head struct {
-				RunID string `json:"run_id"`
+				RunID     string    `json:"run_id"`
+				StartedAt time.Time `json:"started_at"`
 			}
 			if !json.Valid(b) || json.Unmarshal(b, &head) != nil {
 				s.log.Warn("skipping an unreadable run report in the history", "sync", st.name, "index", i)
 				continue
 			}
-			stored = append(stored, historyEntry{runID: head.RunID, report: json.RawMessage(b)})
+			stored = append(stored, historyEntry{runID: head.RunID, started: head.StartedAt, report: json.RawMessage(b)})
 		}
 		s.mu.Lock()
-		if !st.historyLoaded {
-			st.history = trimHistory(mergeHistory(st.history, stored), s.history)
-			st.historyLoaded = true
+		if st.appended == appended { // else the next request reads it again
+			st.history = trimHistory(mergeHistory(st.pending, stored), s.history)
+			st.historyRead = time.Now()
+			st.holder = holder
 		}
 		s.mu.Unlock()
 	}
 }
 
-// mergeHistory puts the reports recorded by this process (newer) before the stored
-// ones, dropping stored ones this process already has.
+// mergeHistory puts this process's reports that the store does not have yet (mine)
+// among the stored ones, newest first by start time, dropping those it has already.
 func mergeHistory(mine, stored []historyEntry) []historyEntry {
-	seen := make(map[string]bool, len(mine))
+	seen := make(map[string]bool, len(stored))
 	key := func(e historyEntry) string {
 		if e.runID != "" {
 			return "id:" + e.runID
 		}
 		return "raw:" + string(e.report)
 	}
-	out := append([]historyEntry(nil), mine...)
-	for _, e := range mine {
-		seen[key(e)] = true
-	}
+	out := make([]historyEntry, 0, len(mine)+len(stored))
 	for _, e := range stored {
 		if !seen[key(e)] {
 			seen[key(e)] = true
 			out = append(out, e)
 		}
 	}
+	for _, e := range mine {
+		if !seen[key(e)] {
+			seen[key(e)] = true
+			out = append(out, e)
+		}
+	}
+	// Stable: the store's order stands between reports that started at the same time.
+	slices.SortStableFunc(out, func(a, b historyEntry) int { return b.started.Compare(a.started) })
 	return out
 }
 

@@ -124,6 +124,7 @@ type syncView struct {
 	Destinations []string
 	Running      bool
 	Current      *RunStatus
+	Elsewhere    *state.Holder // another replica's run holds the lease
 	Live         *liveView
 	Last         *runView
 	Runs         []runView
@@ -255,7 +256,7 @@ func (s *Server) handleUIRun(w http.ResponseWriter, r *http.Request) {
 	}
 	full := r.PostFormValue("full") == "1"
 	q := url.Values{}
-	id, queued, err := s.trigger(st, full, TriggerAPI)
+	id, queued, err := s.trigger(st, full, TriggerAPI, time.Time{})
 	switch {
 	case errors.Is(err, ErrRunning):
 		q.Set("running", id)
@@ -292,6 +293,9 @@ type liveResponse struct {
 }
 
 func (s *Server) handleLive(w http.ResponseWriter, r *http.Request) {
+	// Other replicas' runs start and end in the store: read it (at most every
+	// HistoryRefresh), so that the generation changes and the page reloads.
+	s.loadHistory(r.Context())
 	statuses := s.Status()
 	if name := r.URL.Query().Get("sync"); name != "" {
 		st, ok := s.byName[name]
@@ -305,6 +309,9 @@ func (s *Server) handleLive(w http.ResponseWriter, r *http.Request) {
 	}
 	resp := liveResponse{Gen: generation(statuses), Live: map[string]map[string]string{}}
 	for _, ss := range statuses {
+		if ss.RunningElsewhere {
+			resp.Running = true // poll as often as for a run here: it ends in the store
+		}
 		if ss.Current == nil {
 			continue
 		}
@@ -374,6 +381,9 @@ func (s *Server) newPage(title, sync string, statuses []SyncStatus, r *http.Requ
 // syncView decodes up to keep of the sync's runs.
 func (s *Server) syncView(ss SyncStatus, keep int) syncView {
 	v := syncView{Name: ss.Name, Schedule: ss.Schedule, Running: ss.Running, Current: ss.Current}
+	if ss.RunningElsewhere {
+		v.Elsewhere = ss.Lease
+	}
 	if st := s.live[ss.Name]; st != nil {
 		v.Destinations = st.order
 	}
@@ -518,6 +528,9 @@ func generation(statuses []SyncStatus) string {
 		io.WriteString(h, ss.Name)
 		if ss.Current != nil {
 			io.WriteString(h, "\x00"+ss.Current.RunID+ss.Current.State)
+		}
+		if ss.RunningElsewhere {
+			io.WriteString(h, "\x00elsewhere "+ss.Lease.RunID)
 		}
 		if ss.NextRun != nil {
 			io.WriteString(h, "\x00"+ss.NextRun.Format(time.RFC3339))

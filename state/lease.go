@@ -107,6 +107,74 @@ func AcquireWait(ctx context.Context, l Leaser, sync string, holder Holder, ttl,
 
 const leasesDir = "leases"
 
+// HolderReader is implemented by stores that can say who holds a sync's lease (both of
+// this package's): `serve` shows which replica runs a sync.
+type HolderReader interface {
+	// Holder returns the run that holds the sync's lease now, or (nil, nil) when no run
+	// does. It only reads: it never takes, renews or breaks a lease, so it cannot make
+	// a run find its lease held.
+	Holder(ctx context.Context, sync string) (*Holder, error)
+}
+
+var (
+	_ HolderReader = (*localStore)(nil)
+	_ HolderReader = (*s3Store)(nil)
+)
+
+// Holder reads the description the holder wrote into <state>/leases/<sync>.lock. The
+// lock itself is not tried, even shared: a run acquiring it meanwhile would find it
+// busy. A file that is empty or half written (a run between its lock and its
+// description, or releasing it), or whose holder ran on this machine and is gone
+// (killed: the kernel dropped its lock, the file stayed), has no holder.
+func (s *localStore) Holder(ctx context.Context, sync string) (*Holder, error) {
+	if err := checkName("sync name", sync); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(s.dir, leasesDir, sync+".lock")
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading lease %s: %w", path, err)
+	}
+	var h Holder
+	if json.Unmarshal(bytes.TrimSpace(data), &h) != nil || (h.Host == "" && h.RunID == "") {
+		return nil, nil
+	}
+	if host, _ := os.Hostname(); h.Host == host && processGone(h.PID) {
+		return nil, nil
+	}
+	return &h, nil
+}
+
+// Holder reads the lease object: a lease released by its holder (no expiry) or expired
+// by the clock of this process (as Acquire judges it) has no holder.
+func (s *s3Store) Holder(ctx context.Context, sync string) (*Holder, error) {
+	if err := checkName("sync name", sync); err != nil {
+		return nil, err
+	}
+	key := s.key(leasesDir, sync+".json")
+	data, _, found, err := s.get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("reading the lease of sync %s: %w", sync, err)
+	}
+	if !found {
+		return nil, nil
+	}
+	var h Holder
+	if err := json.Unmarshal(data, &h); err != nil {
+		return nil, &CorruptError{What: "lease", Where: s.url(key), Sync: sync, Err: err}
+	}
+	if h.Expires.IsZero() || !time.Now().Before(h.Expires) {
+		return nil, nil
+	}
+	return &h, nil
+}
+
 // localLease is an exclusive flock on <state>/leases/<sync>.lock, held by an open file:
 // the kernel releases it when the process ends, however it ends. The file holds the
 // holder's description for the runs that find it locked.
@@ -156,6 +224,14 @@ func (s *localStore) Acquire(ctx context.Context, sync string, holder Holder, _ 
 	for attempt := 0; ; attempt++ {
 		var err error
 		f, err = os.OpenFile(path, os.O_CREATE|os.O_RDWR, filePerm)
+		if errors.Is(err, os.ErrNotExist) && attempt < 100 {
+			// The holder before us removed the emptied directory as it released the
+			// lease, between our mkdirAll and this open: make it again.
+			if err := mkdirAll(dir); err != nil {
+				return nil, fmt.Errorf("creating lease directory %s: %w", dir, err)
+			}
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("opening lease %s: %w", path, err)
 		}

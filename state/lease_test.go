@@ -193,3 +193,42 @@ func BenchmarkLease(b *testing.B) {
 		run(b, st)
 	})
 }
+
+// Holder names the run holding a lease, from another store as well (another replica),
+// and nobody once it is released; reading never gets in the way of Acquire.
+func TestLeaseHolder(t *testing.T) {
+	forEachStore(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		hr, ok := b.store.(HolderReader)
+		if !ok {
+			t.Fatalf("%T does not read lease holders", b.store)
+		}
+		if h, err := hr.Holder(ctx, "users"); err != nil || h != nil {
+			t.Fatalf("Holder before any lease = %v, %v; want none", h, err)
+		}
+		host, _ := os.Hostname()
+		want := Holder{Host: host, PID: os.Getpid(), RunID: "run-1", Since: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
+		l, err := b.store.Acquire(ctx, "users", want, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		other := b.reopen(t).(HolderReader)
+		h, err := other.Holder(ctx, "users")
+		if err != nil || h == nil {
+			t.Fatalf("Holder while held = %v, %v", h, err)
+		}
+		if h.Host != want.Host || h.PID != want.PID || h.RunID != want.RunID || !h.Since.Equal(want.Since) {
+			t.Fatalf("Holder = %+v, want %+v", *h, want)
+		}
+		// Reading did not take the lock: the lease is still held, by run-1.
+		if _, err := b.reopen(t).Acquire(ctx, "users", Holder{Host: "h2", RunID: "run-2"}, 10*time.Second); !errors.Is(err, ErrLeaseHeld) {
+			t.Fatalf("Acquire after Holder = %v, want ErrLeaseHeld", err)
+		}
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if h, err := other.Holder(ctx, "users"); err != nil || h != nil {
+			t.Fatalf("Holder after Release = %v, %v; want none", h, err)
+		}
+	})
+}

@@ -42,3 +42,9 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
+
+// processGone reports whether no process with pid exists on this machine: the holder
+// of a local lock file that was killed leaves its description behind, but not its lock.
+func processGone(pid int) bool {
+	return pid > 0 && errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+}

@@ -26,3 +26,7 @@ func tryLockFile(f *os.File) (busy bool, err error) {
 // syncDir is a no-op: Windows cannot open a directory for flushing, and NTFS journals
 // renames.
 func syncDir(string) error { return nil }
+
+// processGone reports whether no process with pid exists on this machine. Windows has
+// no cheap probe that needs no rights over the process: a holder is taken to live.
+func processGone(int) bool { return false }

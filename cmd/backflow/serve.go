@@ -29,7 +29,8 @@ func newServeCommand(g *globalOptions) *cobra.Command {
 		Use:   "serve",
 		Short: "Run every scheduled sync on its schedule, with /healthz, /metrics and /syncs",
 		Long: `serve runs every sync that has a schedule, on its schedule, until SIGINT or SIGTERM.
-A sync never runs twice at once. On the first signal it starts no new run, lets the runs in
+A sync never runs twice at once, also across several serve processes sharing an s3://
+state (replicas): each due run runs on one of them. On the first signal it starts no new run, lets the runs in
 flight deliver or checkpoint within serve.shutdown_grace, and exits 0; a second signal exits
 at once. --sync is ignored: serve runs every sync of the file.`,
 		Args: noArgs,
@@ -82,7 +83,10 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 			Sync:     s,
 			Full:     full,
 			Registry: registry,
-			Store:    store,
+			// The server's store: with several replicas over one state, a run whose
+			// slot another replica already ran stops once it holds the lease, and the
+			// lease is kept until the run's report is in the history.
+			Store:    srv.RunStore(),
 			Logger:   logger,
 			Observer: srv.Observer(),
 			Stdout:   g.stdout,
