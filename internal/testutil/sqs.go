@@ -18,7 +18,9 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/internal/s3conn"
@@ -290,5 +292,47 @@ func (s *SQS) Send(t testing.TB, queueURL, body string) {
 	_, err := s.Client.SendMessage(context.Background(), &sqs.SendMessageInput{QueueUrl: aws.String(queueURL), MessageBody: aws.String(body)})
 	if err != nil {
 		t.Fatalf("sending to %s: %v", queueURL, err)
+	}
+}
+
+// Topic creates an SNS topic on the emulator subscribed by the queue, and returns a
+// function that publishes a message to it, so that the queue receives what SNS delivers:
+// an SNS envelope, or with raw the message itself.
+func (s *SQS) Topic(t testing.TB, queueURL string, raw bool) (publish func(message string)) {
+	t.Helper()
+	ctx := context.Background()
+	attrs, err := s.Client.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
+		QueueUrl: aws.String(queueURL), AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameQueueArn},
+	})
+	if err != nil {
+		t.Fatalf("queue %s: %v", queueURL, err)
+	}
+	cfg, err := s3conn.AWSConfig(ctx, s.Options(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := sns.NewFromConfig(cfg, func(o *sns.Options) { o.BaseEndpoint = aws.String(s.Endpoint) })
+	s.mu.Lock()
+	s.queues++
+	name := fmt.Sprintf("bf-topic-%d", s.queues)
+	s.mu.Unlock()
+	topic, err := client.CreateTopic(ctx, &sns.CreateTopicInput{Name: aws.String(name)})
+	if err != nil {
+		t.Fatalf("creating topic %s: %v", name, err)
+	}
+	sub := &sns.SubscribeInput{TopicArn: topic.TopicArn, Protocol: aws.String("sqs"),
+		Endpoint: aws.String(attrs.Attributes[string(sqstypes.QueueAttributeNameQueueArn)])}
+	if raw {
+		sub.Attributes = map[string]string{"RawMessageDelivery": "true"}
+	}
+	if _, err := client.Subscribe(ctx, sub); err != nil {
+		t.Fatalf("subscribing %s to %s: %v", queueURL, name, err)
+	}
+	return func(message string) {
+		t.Helper()
+		_, err := client.Publish(context.Background(), &sns.PublishInput{TopicArn: topic.TopicArn, Message: aws.String(message), Subject: aws.String("Amazon S3 Notification")})
+		if err != nil {
+			t.Fatalf("publishing to %s: %v", name, err)
+		}
 	}
 }

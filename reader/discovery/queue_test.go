@@ -99,6 +99,33 @@ func TestQueue(t *testing.T) {
 		}
 	})
 
+	// SNS's own delivery: the envelope it writes, and raw message delivery.
+	t.Run("through SNS", func(t *testing.T) {
+		for _, raw := range []bool{false, true} {
+			q := newQueue(t, 30*time.Second)
+			publish := emu.Topic(t, q.URL(), raw)
+			publish(s3Body(put, del))
+			publish(string(readSample(t, "s3-test-event.json")))
+			msgs := receiveAll(t, q, 2, 20*time.Second)
+			if len(msgs) != 2 {
+				t.Fatalf("raw %v: received %d messages, want 2", raw, len(msgs))
+			}
+			var got []Event
+			for _, m := range msgs {
+				if m.Err != nil {
+					t.Fatalf("raw %v: %v", raw, m.Err)
+				}
+				if raw == strings.Contains(m.Body, `"Type":"Notification"`) {
+					t.Fatalf("raw %v: body %s", raw, m.Body)
+				}
+				got = append(got, m.Events...)
+			}
+			if !sameEvents(got, []Event{put, del}) {
+				t.Fatalf("raw %v: got %+v", raw, got)
+			}
+		}
+	})
+
 	t.Run("visibility", func(t *testing.T) {
 		q := newQueue(t, 2*time.Second)
 		emu.Send(t, q.URL(), s3Body(put))
