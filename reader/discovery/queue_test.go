@@ -135,8 +135,9 @@ func TestQueue(t *testing.T) {
 			t.Fatalf("received %d messages, want 2", len(msgs))
 		}
 		kept, left := msgs[0], msgs[1]
-		// kept stays invisible for 5s, past the queue's 2s timeout; left comes back.
-		stop := q.KeepVisible(ctx, []Message{kept}, time.Second)
+		// kept stays invisible for 5s (extended to 3s every 1.5s), past the queue's 2s
+		// timeout; left comes back.
+		stop := q.KeepVisible(ctx, []Message{kept}, 1500*time.Millisecond)
 		var again []Message
 		deadline := time.Now().Add(5 * time.Second)
 		for time.Now().Before(deadline) {
