@@ -18,6 +18,9 @@ const (
 	DefaultHistory           = 20
 	DefaultShutdownGrace     = 30 * time.Second
 	DefaultLeaseTTL          = 60 * time.Second
+	DefaultReconcile         = 24 * time.Hour
+	// MinReconcile keeps a reconcile listing from costing as much as listing alone.
+	MinReconcile = time.Minute
 )
 
 // perType are the defaults that depend on a destination's type.
@@ -87,6 +90,12 @@ func applyDefaults(c *Config, isSet func(path string) bool) {
 		str(&s.Source.Include, DefaultInclude)
 		str(&s.Source.Partition, PartitionAll)
 		str(&s.Source.S3.Auth.Mode, AuthDefault)
+		str(&s.Source.Discovery.Type, DiscoveryList)
+		// Unlike other durations, an explicit 0 takes the default too: a queue without
+		// reconciliation would lose for good every event that was never delivered.
+		if s.Source.Discovery.Type == DiscoverySQS && s.Source.Discovery.Reconcile == 0 {
+			s.Source.Discovery.Reconcile = DefaultReconcile
+		}
 		num64(sp+".source.limits.max_row_group_bytes", &s.Source.Limits.MaxRowGroupBytes, DefaultMaxRowGroupBytes)
 		num64(sp+".source.limits.max_record_bytes", &s.Source.Limits.MaxRecordBytes, DefaultMaxRecordBytes)
 		str(&s.Mode, ModeIncremental)

@@ -106,7 +106,8 @@ func checkFull(t *testing.T, c *config.Config, dir string) {
 		URL: "s3://acme-exports/users/", Include: "**/*.parquet", Partition: "latest",
 		S3: config.S3Options{Region: "us-east-1", Endpoint: "http://127.0.0.1:9000", PathStyle: true,
 			Auth: config.Auth{Mode: "keys", AccessKeyID: "AKIAEXAMPLE", SecretAccessKey: "aws-secret-value"}},
-		Limits: config.Limits{MaxRowGroupBytes: 1048576, MaxRecordBytes: 2048},
+		Limits:    config.Limits{MaxRowGroupBytes: 1048576, MaxRecordBytes: 2048},
+		Discovery: config.Discovery{Type: config.DiscoveryList},
 	})
 	m := s.Mapping
 	eq("mapping ids", []string{m.Type, m.UserID, m.AnonymousID, m.GroupID, m.Timestamp}, []string{"identify", "customer_id", "anon_id", "", "updated_at"})

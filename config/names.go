@@ -13,6 +13,9 @@ const (
 	PartitionAll    = "all"
 	PartitionLatest = "latest"
 
+	DiscoveryList = "list"
+	DiscoverySQS  = "sqs"
+
 	AuthDefault = "default"
 	AuthKeys    = "keys"
 	AuthRole    = "role"

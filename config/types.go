@@ -96,6 +96,22 @@ type Source struct {
 	Partition string    `mapstructure:"partition"` // all | latest
 	S3        S3Options `mapstructure:",squash"`
 	Limits    Limits    `mapstructure:"limits"`
+	Discovery Discovery `mapstructure:"discovery"`
+}
+
+// Discovery says how a source learns which objects exist: by listing its prefix, or
+// from S3 event notifications delivered to an SQS queue. The queue is reached with the
+// source's region and auth; only an s3:// source may use a queue.
+type Discovery struct {
+	Type string `mapstructure:"type"` // list | sqs
+	// QueueURL is the queue's URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME).
+	QueueURL string `mapstructure:"queue_url"`
+	// Endpoint overrides the SQS endpoint (an emulator, a VPC endpoint); the source's
+	// endpoint is S3's, so it is not reused.
+	Endpoint string `mapstructure:"endpoint"`
+	// Reconcile is how often the prefix is listed anyway, to catch events that never
+	// arrived (notifications are best effort). 0 means DefaultReconcile.
+	Reconcile time.Duration `mapstructure:"reconcile"`
 }
 
 // Limits bound what one file or row may cost.

@@ -224,6 +224,39 @@ func (v *validator) source(sp string, s *Source) {
 	if s.Limits.MaxRecordBytes <= 0 {
 		v.p.check(sp+".limits.max_record_bytes", "must be greater than 0")
 	}
+	v.discovery(sp+".discovery", s)
+}
+
+// discoveryKeys are the keys only discovery type sqs uses.
+var discoveryKeys = []string{"queue_url", "endpoint", "reconcile"}
+
+func (v *validator) discovery(dp string, s *Source) {
+	d := s.Discovery
+	if !v.oneOf(dp+".type", d.Type, DiscoveryList, DiscoverySQS) {
+		return
+	}
+	if d.Type == DiscoveryList {
+		v.notUsed(dp, discoveryKeys, "used only by discovery type sqs")
+		return
+	}
+	if !IsS3URL(s.URL) {
+		v.p.check(dp+".type", "sqs needs an s3:// source url: S3 event notifications exist only for S3 buckets")
+	}
+	switch {
+	case d.QueueURL == "":
+		v.p.check(dp+".queue_url", "is required for discovery type sqs, such as https://sqs.us-east-1.amazonaws.com/123456789012/exports")
+	case !isHTTPURL(d.QueueURL):
+		v.p.check(dp+".queue_url", "must be an http:// or https:// URL, such as https://sqs.us-east-1.amazonaws.com/123456789012/exports")
+	}
+	if d.Endpoint != "" && !isHTTPURL(d.Endpoint) {
+		v.p.check(dp+".endpoint", "must be an http:// or https:// URL")
+	}
+	switch {
+	case d.Reconcile < 0:
+		v.p.check(dp+".reconcile", "must be a positive duration (leave it out for the default, 24h)")
+	case d.Reconcile < MinReconcile:
+		v.p.check(dp+".reconcile", fmt.Sprintf("%s is too short: at least %s (leave it out for the default, 24h)", d.Reconcile, MinReconcile))
+	}
 }
 
 // unwrapPathError drops the path an *os.PathError repeats.

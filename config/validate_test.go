@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations/s3/keytemplate"
@@ -20,6 +21,8 @@ const (
 	d1 = "syncs[0].destinations[1]"
 	mp = "syncs[0].mapping"
 	sp = "syncs[0].source"
+
+	sqsQueue = "https://sqs.us-east-1.amazonaws.com/123456789012/exports"
 )
 
 func TestValidationErrors(t *testing.T) {
@@ -68,6 +71,19 @@ func TestValidationErrors(t *testing.T) {
 		{"source endpoint", []kv{{sp + ".endpoint", "ftp://x"}}, sp + ".endpoint", "must be an http:// or https:// URL", 0},
 		{"max_row_group_bytes", []kv{{sp + ".limits.max_row_group_bytes", 0}}, sp + ".limits.max_row_group_bytes", "must be greater than 0", 0},
 		{"max_record_bytes", []kv{{sp + ".limits.max_record_bytes", -1}}, sp + ".limits.max_record_bytes", "must be greater than 0", 0},
+
+		// Discovery.
+		{"discovery type", []kv{{sp + ".discovery.type", "sns"}}, sp + ".discovery.type", `"sns" is not one of list, sqs`, 0},
+		{"sqs needs queue_url", []kv{{sp + ".discovery.type", "sqs"}}, sp + ".discovery.queue_url", "is required for discovery type sqs", 0},
+		{"sqs queue_url scheme", []kv{{sp + ".discovery", map[string]any{"type": "sqs", "queue_url": "sqs://exports"}}}, sp + ".discovery.queue_url", "must be an http:// or https:// URL", 0},
+		{"sqs queue_url name only", []kv{{sp + ".discovery", map[string]any{"type": "sqs", "queue_url": "exports"}}}, sp + ".discovery.queue_url", "must be an http:// or https:// URL", 0},
+		{"sqs endpoint", []kv{{sp + ".discovery", map[string]any{"type": "sqs", "queue_url": sqsQueue, "endpoint": "127.0.0.1:9324"}}}, sp + ".discovery.endpoint", "must be an http:// or https:// URL", 0},
+		{"sqs reconcile short", []kv{{sp + ".discovery", map[string]any{"type": "sqs", "queue_url": sqsQueue, "reconcile": "30s"}}}, sp + ".discovery.reconcile", "30s is too short: at least 1m0s", 0},
+		{"sqs reconcile negative", []kv{{sp + ".discovery", map[string]any{"type": "sqs", "queue_url": sqsQueue, "reconcile": "-1h"}}}, sp + ".discovery.reconcile", "must be a positive duration", 0},
+		{"sqs on a local source", []kv{{sp + ".url", "."}, {sp + ".discovery", map[string]any{"type": "sqs", "queue_url": sqsQueue}}}, sp + ".discovery.type", "sqs needs an s3:// source url", 0},
+		{"list with queue_url", []kv{{sp + ".discovery.queue_url", sqsQueue}}, sp + ".discovery.queue_url", "used only by discovery type sqs", 0},
+		{"list with reconcile", []kv{{sp + ".discovery", map[string]any{"type": "list", "reconcile": "1h"}}}, sp + ".discovery.reconcile", "used only by discovery type sqs", 0},
+		{"discovery unknown key", []kv{{sp + ".discovery", map[string]any{"type": "sqs", "queue": sqsQueue}}}, sp + ".discovery.queue", "unknown key", 2},
 
 		// Mapping.
 		{"mapping type missing", []kv{{mp + ".type", removed{}}}, mp + ".type", "is required: one of identify, track, group", 0},
@@ -226,6 +242,9 @@ func TestValidConfigs(t *testing.T) {
 		{"keys auth", []kv{{sp + ".auth", map[string]any{"mode": "keys", "access_key_id": "AK", "secret_access_key": "s", "session_token": "t"}}}},
 		{"role auth", []kv{{sp + ".auth", map[string]any{"mode": "role", "role_arn": "arn:aws:iam::123456789012:role/backflow", "external_id": "x", "session_name": "n"}}}},
 		{"gov cloud role", []kv{{sp + ".auth", map[string]any{"mode": "role", "role_arn": "arn:aws-us-gov:iam::123456789012:role/path/backflow"}}}},
+		{"sqs discovery", []kv{{sp + ".discovery", map[string]any{"type": "sqs", "queue_url": sqsQueue, "endpoint": "http://127.0.0.1:9324", "reconcile": "1h"}}}},
+		{"sqs discovery reconcile 0", []kv{{sp + ".discovery", map[string]any{"type": "sqs", "queue_url": sqsQueue, "reconcile": "0s"}}}},
+		{"list discovery", []kv{{sp + ".discovery.type", "list"}}},
 		{"s3 connection", []kv{{sp + ".endpoint", "http://127.0.0.1:9000"}, {sp + ".path_style", true}, {sp + ".region", "us-east-1"}}},
 		{"anonymous only", []kv{{mp + ".user_id", removed{}}, {mp + ".anonymous_id", "anon"}}},
 		{"track event", []kv{{mp + ".type", "track"}, {mp + ".event", "Order Completed"}}},
@@ -308,5 +327,34 @@ func TestKeyTemplateChecked(t *testing.T) {
 	_, err := loadTree(t, tree, t.TempDir(), nil)
 	if ce := asConfigError(t, err); !ce.Has(d0+".key", verdict.Error()) {
 		t.Fatalf("want %s.key: %v; got%s", d0, verdict, problems(err))
+	}
+}
+
+// TestDiscoveryDefaults checks that a source lists by default, and that a queue's
+// reconcile interval, absent or 0, is the default.
+func TestDiscoveryDefaults(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		d    map[string]any
+		want config.Discovery
+	}{
+		{"absent", nil, config.Discovery{Type: config.DiscoveryList}},
+		{"sqs", map[string]any{"type": "sqs", "queue_url": sqsQueue}, config.Discovery{Type: config.DiscoverySQS, QueueURL: sqsQueue, Reconcile: config.DefaultReconcile}},
+		{"sqs reconcile 0", map[string]any{"type": "sqs", "queue_url": sqsQueue, "reconcile": "0s"}, config.Discovery{Type: config.DiscoverySQS, QueueURL: sqsQueue, Reconcile: config.DefaultReconcile}},
+		{"sqs reconcile 2h", map[string]any{"type": "sqs", "queue_url": sqsQueue, "reconcile": "2h", "endpoint": "http://127.0.0.1:1"}, config.Discovery{Type: config.DiscoverySQS, QueueURL: sqsQueue, Reconcile: 2 * time.Hour, Endpoint: "http://127.0.0.1:1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tree := baseTree()
+			if tc.d != nil {
+				set(t, tree, sp+".discovery", tc.d)
+			}
+			c, err := loadTree(t, tree, t.TempDir(), nil)
+			if err != nil {
+				t.Fatalf("unexpected problems:%s", problems(err))
+			}
+			if got := c.Syncs[0].Source.Discovery; got != tc.want {
+				t.Fatalf("discovery %+v, want %+v", got, tc.want)
+			}
+		})
 	}
 }

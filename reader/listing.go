@@ -92,29 +92,11 @@ func (f Filter) Apply(prefix string, objs []Object) Listing {
 	var keep []kept
 	latest := ""
 	for _, o := range objs {
-		rel, ok := strings.CutPrefix(o.Key, prefix)
-		switch {
-		case !ok || rel == "":
-			skip(o.Key, fmt.Sprintf("outside the prefix %q", prefix))
-			continue
-		case strings.HasSuffix(rel, "/"):
-			skip(o.Key, "directory marker")
+		if ok, reason := f.Match(prefix, o.Key); !ok {
+			skip(o.Key, reason)
 			continue
 		}
-		if !f.allowHidden {
-			if seg, hidden := hiddenSegment(rel); hidden {
-				skip(o.Key, fmt.Sprintf("hidden (%q starts with \"_\" or \".\": a temporary or marker file)", seg))
-				continue
-			}
-		}
-		if !f.include.match(rel) {
-			if strings.HasSuffix(strings.ToLower(rel), ".parquet") {
-				skip(o.Key, fmt.Sprintf("does not match include %q", f.Include()))
-			} else {
-				skip(o.Key, fmt.Sprintf("not a Parquet file (include %q)", f.Include()))
-			}
-			continue
-		}
+		rel := strings.TrimPrefix(o.Key, prefix)
 		if o.Size <= 0 {
 			skip(o.Key, "empty object (0 bytes)")
 			continue
@@ -148,6 +130,35 @@ func (f Filter) Apply(prefix string, objs []Object) Listing {
 	sort.Slice(out.Objects, func(i, j int) bool { return out.Objects[i].Key < out.Objects[j].Key })
 	sort.SliceStable(out.Skipped, func(i, j int) bool { return out.Skipped[i].Key < out.Skipped[j].Key })
 	return out
+}
+
+// Match tells whether key, an object key below prefix ("" or ending in "/"), is one the
+// filter keeps, and when not, why (in the words of Listing.Skipped). It judges the key
+// alone, as event-driven discovery needs: an empty object and partition latest are
+// decided by Apply, which sees the sizes and the whole listing.
+func (f Filter) Match(prefix, key string) (ok bool, reason string) {
+	if f.include.pattern == "" {
+		f.include, _ = compileGlob(DefaultInclude)
+	}
+	rel, found := strings.CutPrefix(key, prefix)
+	switch {
+	case !found || rel == "":
+		return false, fmt.Sprintf("outside the prefix %q", prefix)
+	case strings.HasSuffix(rel, "/"):
+		return false, "directory marker"
+	}
+	if !f.allowHidden {
+		if seg, hidden := hiddenSegment(rel); hidden {
+			return false, fmt.Sprintf("hidden (%q starts with \"_\" or \".\": a temporary or marker file)", seg)
+		}
+	}
+	if !f.include.match(rel) {
+		if strings.HasSuffix(strings.ToLower(rel), ".parquet") {
+			return false, fmt.Sprintf("does not match include %q", f.Include())
+		}
+		return false, fmt.Sprintf("not a Parquet file (include %q)", f.Include())
+	}
+	return true, ""
 }
 
 // isHidden tells whether a path segment is one writers use for work in progress or

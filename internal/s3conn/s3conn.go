@@ -43,6 +43,38 @@ func IsURL(u string) bool { return strings.HasPrefix(u, "s3://") }
 // region (GetBucketRegion) and falls back to us-east-1. Throttling and 5xx answers are
 // retried by the SDK's standard retryer with up to maxAttempts attempts (0: 5).
 func New(ctx context.Context, opts config.S3Options, bucket string, maxAttempts int) (*s3.Client, error) {
+	cfg, err := AWSConfig(ctx, opts, maxAttempts)
+	if err != nil {
+		return nil, err
+	}
+	region := cfg.Region
+	clientOpts := func(o *s3.Options) {
+		if opts.Endpoint != "" {
+			o.BaseEndpoint = aws.String(opts.Endpoint)
+		}
+		o.UsePathStyle = opts.PathStyle
+		// Checksums on every request cost CPU and are not understood by every
+		// S3-compatible store; ask for them only where an operation requires them.
+		o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
+	}
+	client := s3.NewFromConfig(cfg, clientOpts)
+	if opts.Region == "" && opts.Endpoint == "" && bucket != "" {
+		found, err := manager.GetBucketRegion(ctx, client, bucket)
+		if err == nil && found != "" && found != region {
+			cfg.Region = found
+			client = s3.NewFromConfig(cfg, clientOpts)
+		}
+	}
+	return client, nil
+}
+
+// AWSConfig is the SDK configuration of opts, for any AWS service reached with an S3
+// location's settings (S3 itself, and the SQS queue of a source's event discovery):
+// region (us-east-1 when unset), credentials from auth (the default chain, static keys,
+// or a role assumed through STS, at opts.Endpoint when set), and the standard retryer
+// with up to maxAttempts attempts (0: 5). It does not set any service's endpoint.
+func AWSConfig(ctx context.Context, opts config.S3Options, maxAttempts int) (aws.Config, error) {
 	if maxAttempts <= 0 {
 		maxAttempts = 5
 	}
@@ -66,7 +98,7 @@ func New(ctx context.Context, opts config.S3Options, bucket string, maxAttempts 
 	}
 	cfg, err := awsconfig.LoadDefaultConfig(ctx, loadOpts...)
 	if err != nil {
-		return nil, fmt.Errorf("loading AWS configuration: %w", err)
+		return aws.Config{}, fmt.Errorf("loading AWS configuration: %w", err)
 	}
 	if opts.Auth.Mode == "role" {
 		stsClient := sts.NewFromConfig(cfg, func(o *sts.Options) {
@@ -86,25 +118,7 @@ func New(ctx context.Context, opts config.S3Options, bucket string, maxAttempts 
 		})
 		cfg.Credentials = aws.NewCredentialsCache(provider)
 	}
-	clientOpts := func(o *s3.Options) {
-		if opts.Endpoint != "" {
-			o.BaseEndpoint = aws.String(opts.Endpoint)
-		}
-		o.UsePathStyle = opts.PathStyle
-		// Checksums on every request cost CPU and are not understood by every
-		// S3-compatible store; ask for them only where an operation requires them.
-		o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
-		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
-	}
-	client := s3.NewFromConfig(cfg, clientOpts)
-	if opts.Region == "" && opts.Endpoint == "" && bucket != "" {
-		found, err := manager.GetBucketRegion(ctx, client, bucket)
-		if err == nil && found != "" && found != region {
-			cfg.Region = found
-			client = s3.NewFromConfig(cfg, clientOpts)
-		}
-	}
-	return client, nil
+	return cfg, nil
 }
 
 // Describe turns an S3 error into one clear line about bucket (and key, when not empty),
@@ -116,6 +130,15 @@ func Describe(err error, bucket, key string) error {
 	where := "s3://" + bucket
 	if key != "" {
 		where += "/" + key
+	}
+	return DescribeAt(err, where)
+}
+
+// DescribeAt is Describe for any AWS call made with AWSConfig's credentials: the line
+// starts with where (a URL naming what was reached, such as a queue's).
+func DescribeAt(err error, where string) error {
+	if err == nil {
+		return nil
 	}
 	// Credentials are fetched inside the S3 call: a failure to assume the role, or to
 	// find any credentials, would otherwise read as an S3 answer ("access denied").
