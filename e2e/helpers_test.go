@@ -260,12 +260,19 @@ func (w *workspace) writeUsers(sub string, o exampledata.Options) []string {
 
 // report is SPEC.md's run report, with the fields backflow adds.
 type report struct {
-	Sync           string `json:"sync"`
-	RunID          string `json:"run_id"`
-	Status         string `json:"status"`
-	Mode           string `json:"mode"`
-	Shard          string `json:"shard"`
-	PeakRSSBytes   int64  `json:"peak_rss_bytes"`
+	Sync         string `json:"sync"`
+	RunID        string `json:"run_id"`
+	Status       string `json:"status"`
+	Mode         string `json:"mode"`
+	Shard        string `json:"shard"`
+	PeakRSSBytes int64  `json:"peak_rss_bytes"`
+	Discovery    *struct {
+		Received  int  `json:"received"`
+		Deleted   int  `json:"deleted"`
+		Ignored   int  `json:"ignored"`
+		Malformed int  `json:"malformed"`
+		Listed    bool `json:"listed"`
+	} `json:"discovery"`
 	DryRun         bool   `json:"dry_run"`
 	FullSync       bool   `json:"full_sync"`
 	FullSyncReason string `json:"full_sync_reason"`

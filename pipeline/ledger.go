@@ -215,6 +215,15 @@ func (l *ledger) done(files []*state.File, rejected func(key string) bool) bool 
 	return true
 }
 
+// fileDone tells whether the file of key was opened and is handled for every
+// destination.
+func (l *ledger) fileDone(key string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.cp.Files[key]
+	return f != nil && f.Rows >= 0 && f.Done(l.dests)
+}
+
 // counts returns the per-destination counts.
 func (l *ledger) counts() (delivered, failed, unchanged []int64) {
 	l.mu.Lock()

@@ -46,7 +46,7 @@ func TestLedgerSnapshotsOnlyWhatChanged(t *testing.T) {
 	objects = append(objects, reader.Object{Key: key(n), Size: 10, ETag: "e"}, reader.Object{Key: key(n + 1), Size: 10, ETag: "e"})
 	cp := prev.Clone()
 	l := newLedger(cp, dests)
-	toRead, unchanged, deleted := planFiles(cp, objects, dests)
+	toRead, unchanged, deleted := planFiles(cp, objects, dests, nil)
 	if len(toRead) != 3 || unchanged != n-2 || deleted != 1 {
 		t.Fatalf("planned %d to read, %d unchanged, %d deleted", len(toRead), unchanged, deleted)
 	}

@@ -79,8 +79,10 @@ func sameObject(f *state.File, o reader.Object) bool {
 // new files and changed files (reset, sent again whole), and files some destination has
 // not acknowledged fully. Files that vanished from the listing are removed and counted.
 // An unchanged file that is done is left as it is: a settled entry stays settled, so
-// saving the run costs what it changes, not the whole checkpoint.
-func planFiles(cp *state.Checkpoint, objects []reader.Object, dests []string) (toRead []*state.File, unchanged, deleted int) {
+// saving the run costs what it changes, not the whole checkpoint. removed, when not nil,
+// says the objects are not a whole listing (event-driven discovery): then only the keys
+// it names are removed, the other files of the checkpoint stay.
+func planFiles(cp *state.Checkpoint, objects []reader.Object, dests []string, removed map[string]bool) (toRead []*state.File, unchanged, deleted int) {
 	listed := make(map[string]bool, len(objects))
 	for _, o := range objects {
 		listed[o.Key] = true
@@ -110,7 +112,11 @@ func planFiles(cp *state.Checkpoint, objects []reader.Object, dests []string) (t
 		toRead = append(toRead, f)
 	}
 	for key := range cp.Files {
-		if !listed[key] {
+		gone := !listed[key]
+		if removed != nil {
+			gone = removed[key] && !listed[key]
+		}
+		if gone {
 			cp.Delete(key)
 			deleted++
 		}

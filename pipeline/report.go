@@ -38,6 +38,9 @@ type Report struct {
 	// PeakRSSBytes is the process's peak resident memory when the run ended (where the
 	// system tells it; `backflow sync` only).
 	PeakRSSBytes int64 `json:"peak_rss_bytes,omitempty"`
+	// Discovery is what a sync discovered by S3 event notifications received from its
+	// queue (absent for a sync that lists its prefix).
+	Discovery *DiscoveryCounts `json:"discovery,omitempty"`
 	// CheckpointSaves counts the checkpoints this run wrote.
 	CheckpointSaves int64 `json:"checkpoint_saves,omitempty"`
 	// ScheduledFor is the due time of the schedule slot a run of `serve` was started

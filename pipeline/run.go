@@ -121,6 +121,7 @@ type run struct {
 	rejects   *rejectsWriter
 	hashRec   *hashRecorder
 	saver     *saver
+	events    *events // what the sync's queue told (event-driven discovery), else nil
 
 	// readCtx ends reading: a signal, or fail. deliverCtx bounds writes: it outlives a
 	// signal by Grace.
@@ -245,9 +246,34 @@ func (r *run) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("opening source %s: %w", r.sync.Source.URL, err)
 	}
-	listing, err := src.List(ctx)
-	if err != nil {
-		return err
+	// The objects to consider: the listing of the prefix, or — a sync discovered by S3
+	// event notifications — the objects its queue's messages name, plus a listing when
+	// the last one is older than discovery.reconcile (a missed or expired event is found
+	// then). A dry run never receives from the queue (that would hide the messages from
+	// the next run for their visibility timeout): it lists.
+	var listing reader.Listing
+	var removed map[string]bool
+	listPrefix := true
+	if r.sync.Source.Discovery.Type == config.DiscoverySQS && !opts.DryRun {
+		ev, err := r.receive(ctx)
+		if err != nil {
+			return err
+		}
+		r.events = ev
+		defer ev.close()
+		r.report.Discovery = &ev.counts
+		if listPrefix, err = r.reconcileDue(ctx); err != nil {
+			return err
+		}
+		ev.counts.Listed = listPrefix
+		if !listPrefix {
+			listing, removed = ev.listing()
+		}
+	}
+	if listPrefix {
+		if listing, err = src.List(ctx); err != nil {
+			return err
+		}
 	}
 	r.report.Files.Listed = len(listing.Objects) + len(listing.Skipped)
 	r.report.Files.Skipped = len(listing.Skipped)
@@ -325,7 +351,7 @@ func (r *run) run(ctx context.Context) error {
 	r.ledger = newLedger(cp, r.destNames)
 	// Files rejected while inferring the schema are planned like any other: a rejected
 	// file is not acknowledged, so it is checked again next run.
-	toRead, unchanged, deleted := planFiles(cp, objects, r.destNames)
+	toRead, unchanged, deleted := planFiles(cp, objects, r.destNames, removed)
 	r.report.Files.Unchanged = unchanged
 	r.report.Files.Deleted = deleted
 	r.log.Info("planned run", "full_sync", reason != "", "reason", reason,
@@ -664,6 +690,10 @@ func (r *run) execute(ctx context.Context, src reader.Source, toRead []*state.Fi
 		}
 		if err := sv.save(saveCtx); err != nil {
 			r.fail(err)
+		} else if r.events != nil {
+			// The checkpoint that counts the files is saved: the messages that named
+			// only handled files are done with.
+			r.events.settle(saveCtx, r, r.handledFile)
 		}
 		if err := r.rejects.close(saveCtx); err != nil {
 			errs = append(errs, fmt.Errorf("closing rejects file: %w", err))

@@ -44,6 +44,7 @@ const (
 const (
 	TriggerSchedule = "schedule"
 	TriggerAPI      = "api"
+	TriggerQueue    = "queue" // messages arrived in the sync's queue (event-driven discovery)
 )
 
 var (

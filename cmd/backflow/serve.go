@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/backflowhq/backflow/destinations/all"
 	"github.com/backflowhq/backflow/notify"
 	"github.com/backflowhq/backflow/pipeline"
+	"github.com/backflowhq/backflow/reader/discovery"
 	"github.com/backflowhq/backflow/schedule"
 )
 
@@ -43,6 +45,13 @@ at once. --sync is ignored: serve runs every sync of the file.`,
 	c.Flags().BoolVar(&o.insecureListen, "insecure-listen", false, "listen on a non-loopback address without an auth token")
 	return c
 }
+
+// How often serve looks at the queues of event-discovered syncs, and how long messages
+// wait before a run starts (a burst of uploads makes one run).
+const (
+	queuePoll   = time.Second
+	queueSettle = 500 * time.Millisecond
+)
 
 func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 	ctx := cmd.Context()
@@ -109,6 +118,17 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 	})
 	if err != nil {
 		return &usageError{err}
+	}
+	// Syncs discovered by S3 event notifications also run when messages arrive.
+	for _, sc := range cfg.Syncs {
+		if sc.Source.Discovery.Type != config.DiscoverySQS {
+			continue
+		}
+		q, err := discovery.NewQueue(ctx, sc.Source.Discovery, sc.Source.S3)
+		if err != nil {
+			return &usageError{fmt.Errorf("sync %s: %w", sc.Name, err)}
+		}
+		srv.WatchQueue(ctx, sc.Name, q.Pending, queuePoll, queueSettle)
 	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {

@@ -96,6 +96,23 @@ func regionOf(queueURL string) string {
 // URL is the queue's URL.
 func (q *Queue) URL() string { return q.url }
 
+// Pending returns about how many messages wait in the queue, visible to a receiver
+// (SQS's ApproximateNumberOfMessages): `serve` starts a run when it is not zero.
+func (q *Queue) Pending(ctx context.Context) (int, error) {
+	out, err := q.client.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
+		QueueUrl:       aws.String(q.url),
+		AttributeNames: []types.QueueAttributeName{types.QueueAttributeNameApproximateNumberOfMessages},
+	})
+	if err != nil {
+		return 0, q.describe(err, "counting the messages of")
+	}
+	n, err := strconv.Atoi(out.Attributes[string(types.QueueAttributeNameApproximateNumberOfMessages)])
+	if err != nil {
+		return 0, fmt.Errorf("queue %s: ApproximateNumberOfMessages %q: %w", q.url, out.Attributes[string(types.QueueAttributeNameApproximateNumberOfMessages)], err)
+	}
+	return n, nil
+}
+
 // Receive waits up to wait (long polling; at most MaxWait) for up to n messages (at
 // most MaxReceive) and returns them, none when wait ran out first. Each message is
 // parsed: a body that is not a notification is reported in its Message.Err, never as an
