@@ -168,7 +168,9 @@ func (a *analyticsAlone) run(ctx context.Context, endpoint string) error {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 4
 	client, err := analytics.NewWithConfig(benchWriteKey, analytics.Config{
-		Endpoint: endpoint, BatchSize: 100, Transport: tr, Callback: a,
+		// The batch size of backflow's segment destination by default, so that both sides
+		// make requests of the same size.
+		Endpoint: endpoint, BatchSize: 1000, Transport: tr, Callback: a,
 		// backflow's segment destination flushes a batch that is not full after 10ms,
 		// not analytics-go's default 5s; the same here, so neither waits on a timer.
 		Interval: 10 * time.Millisecond,
