@@ -306,7 +306,7 @@ func scenarioSegment(ctx context.Context, e *env, res *results) error {
 		return nil
 	}}
 	res.comparisons = append(res.comparisons,
-		comparison{"segment", "backflow sync ÷ analytics-go alone (msgs/s)", cli, ag, 0.9})
+		comparison{"segment", "backflow sync ÷ analytics-go alone (msgs/s)", cli, ag, 1.0})
 	if err := alternate(ctx, e.o.runs, e.o.verbose, []side{cliSide, agSide}); err != nil {
 		return err
 	}
