@@ -71,14 +71,6 @@ func (o *outbox) push(of *openFile, lo, hi int64, sel []mapper.Message) []*batch
 	for len(o.msgs) >= o.size {
 		full = append(full, o.cutLocked(o.size))
 	}
-	if len(full) > 0 {
-		// What is left moves to arrays of its own once per push, not once per cut (a
-		// record batch of 64Ki rows cut into batches of 100 copied the rest 655 times),
-		// so that the arrays holding what was cut can be collected.
-		o.spans = append([]span(nil), o.spans...)
-		o.n = append([]int(nil), o.n...)
-		o.msgs = append([]mapper.Message(nil), o.msgs...)
-	}
 	o.mu.Unlock()
 	return full
 }
@@ -123,7 +115,9 @@ func (o *outbox) cutLocked(k int) *batch {
 		o.spans[i].start = cutRow
 		o.n[i] -= k - taken
 	}
-	o.spans, o.n, o.msgs = o.spans[i:], o.n[i:], rest // push compacts them
+	o.spans = append([]span(nil), o.spans[i:]...)
+	o.n = append([]int(nil), o.n[i:]...)
+	o.msgs = append([]mapper.Message(nil), rest...)
 	return b
 }
 
