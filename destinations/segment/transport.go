@@ -24,6 +24,9 @@ import (
 // Retry-After, and abandon (Failure callback) whatever is still being retried when it is
 // closed. So the transport takes over the request entirely:
 //
+//   - analytics-go's batch holds stand-ins (see standIn): the transport reads their
+//     messageIds and sends, in their place, the messages the Writes waiting for them
+//     hold, as the mapper encoded them (see Segment.appendMessages);
 //   - each attempt waits for the rate limiter and a max_in_flight slot, and has its own
 //     timeout; retryable failures are retried with the destination's Policy (full-jitter
 //     backoff, Retry-After honoured, capped by max_backoff);
