@@ -166,6 +166,7 @@ type syncConfig struct {
 	source      string // local folder or s3://bucket/prefix
 	s3Endpoint  string // for an s3:// source: the MinIO endpoint
 	destination string // YAML of the one destination, indented as a list item's body
+	extraEnv    []string
 }
 
 // writeConfig writes a backflow config with one sync, "users", in mode full (every run

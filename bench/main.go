@@ -41,7 +41,7 @@ type options struct {
 	verbose     bool
 }
 
-var allScenarios = []string{"map", "sync-minio", "rss", "segment"}
+var allScenarios = []string{"map", "sync-minio", "s3-dest", "rss", "segment"}
 
 func main() {
 	if len(os.Args) == 2 {
@@ -138,6 +138,8 @@ func run(ctx context.Context, o options) error {
 			err = scenarioMap(ctx, env, res)
 		case "sync-minio":
 			err = scenarioMinIO(ctx, env, res)
+		case "s3-dest":
+			err = scenarioS3Dest(ctx, env, res)
 		case "rss":
 			err = scenarioRSS(ctx, env, res)
 		case "segment":
@@ -153,6 +155,7 @@ func run(ctx context.Context, o options) error {
 		}
 		fmt.Printf("   (%s took %s)\n", s, time.Since(start).Round(time.Second))
 	}
+	res.rssChecks()
 	res.elapsed = time.Since(res.started)
 	fmt.Println()
 	fmt.Print(res.text())

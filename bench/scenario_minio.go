@@ -22,14 +22,8 @@ func scenarioMinIO(ctx context.Context, e *env, res *results) error {
 	if err != nil {
 		return err
 	}
-	if e.minio == nil {
-		start := time.Now()
-		s, err := startMinIO(ctx, filepath.Join(e.dir, "minio"))
-		if err != nil {
-			return err
-		}
-		e.minio = s
-		fmt.Printf("   MinIO up at %s in %s\n", s.endpoint, time.Since(start).Round(time.Millisecond))
+	if err := e.startMinIO(ctx); err != nil {
+		return err
 	}
 	start := time.Now()
 	if err := e.minio.upload(ctx, "bench", "users/", d.files); err != nil {
@@ -64,5 +58,20 @@ func scenarioMinIO(ctx context.Context, e *env, res *results) error {
 	if err := alternate(ctx, e.o.runs, e.o.verbose, []side{cliSide, dSide, ipSide}); err != nil {
 		return err
 	}
+	return nil
+}
+
+// startMinIO starts the MinIO server the scenarios share, once.
+func (e *env) startMinIO(ctx context.Context) error {
+	if e.minio != nil {
+		return nil
+	}
+	start := time.Now()
+	s, err := startMinIO(ctx, filepath.Join(e.dir, "minio"))
+	if err != nil {
+		return err
+	}
+	e.minio = s
+	fmt.Printf("   MinIO up at %s in %s\n", s.endpoint, time.Since(start).Round(time.Millisecond))
 	return nil
 }

@@ -25,7 +25,7 @@ const (
 
 // perType are the defaults that depend on a destination's type.
 var perType = map[string]struct{ maxInFlight, batchSize int }{
-	DestSegment: {4, 100},
+	DestSegment: {4, 1000},
 	DestWebhook: {4, 500},
 	DestFile:    {1, 5000},
 	DestStdout:  {1, 1000},

@@ -383,7 +383,7 @@ func TestDefaults(t *testing.T) {
 	want := []struct {
 		name            string
 		inFlight, batch int
-	}{{"segment", 4, 100}, {"webhook", 4, 500}, {"file", 1, 5000}, {"stdout", 1, 1000}, {"s3", 1, 10000}}
+	}{{"segment", 4, 1000}, {"webhook", 4, 500}, {"file", 1, 5000}, {"stdout", 1, 1000}, {"s3", 1, 10000}}
 	for i, w := range want {
 		d := s.Destinations[i]
 		if d.Name != w.name || d.MaxInFlight != w.inFlight || d.BatchSize != w.batch || d.RateLimit != 0 ||

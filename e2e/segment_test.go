@@ -163,6 +163,7 @@ func TestSegmentFaults(t *testing.T) {
 	// 45% of requests fail: 20 attempts leave a batch failing for good once in 10^7.
 	d["retry"] = fastRetry(20)
 	d["timeout"] = "5s"
+	d["batch_size"] = 100 // enough requests for every kind of fault to be drawn
 	w.writeConfig(usersConfig(d))
 
 	start := time.Now()

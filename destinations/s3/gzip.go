@@ -7,10 +7,20 @@ import (
 	"github.com/klauspost/compress/gzip"
 )
 
-// newGzipWriter compresses into w at the default level. klauspost/compress (already
-// used by arrow-go) produces standard gzip about twice as fast as compress/gzip.
+// gzipLevel is the compression level of gzip objects. On the bench's JSON lines, level 2
+// of klauspost/compress compresses 1.6–1.7 times as many bytes per CPU-second as its
+// default (5), into objects 5% larger (16.8% of the input instead of 16.0%); level 1 is
+// no faster and larger still.
+const gzipLevel = 2
+
+// newGzipWriter compresses into w at gzipLevel. klauspost/compress (already used by
+// arrow-go) produces standard gzip about twice as fast as compress/gzip.
 func newGzipWriter(w io.Writer) io.WriteCloser {
-	return gzip.NewWriter(w)
+	zw, err := gzip.NewWriterLevel(w, gzipLevel)
+	if err != nil {
+		panic(err) // a constant, valid level
+	}
+	return zw
 }
 
 // Compression runs on a goroutine of its own, fed chunks of gzipChunk bytes, so that a

@@ -1,48 +1,77 @@
 package segment
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
-	"unicode/utf8"
 
 	"github.com/segmentio/analytics-go/v3"
 
 	"github.com/backflowhq/backflow/mapper"
 )
 
-// convert turns an encoded message into the analytics-go message of its type. The
-// traits/properties are split into members without decoding numbers or nested values
-// (see splitObject), so numbers keep their exact text (12.30, integers beyond 2^53).
-// lib is shared, read-only, by every message; keys interns member names (see splitObject).
-func convert(m *mapper.Message, lib *analytics.Context, keys map[string]string) (analytics.Message, error) {
+// standIn checks an encoded message and returns the analytics-go message that stands in
+// for it in analytics-go's queue: its type, messageId, identifiers, event or groupId and
+// timestamp, but neither its traits/properties nor its context. analytics-go validates,
+// queues, batches and acknowledges the stand-in as it would the whole message, and
+// encodes it cheaply (a few strings and a time); the transport then sends the message as
+// the mapper encoded it — already the Segment spec's JSON, context included — in the
+// stand-in's place (see transport.RoundTrip). Encoding every message by reflection, and
+// its context through a map, was most of what a Segment delivery cost.
+//
+// size is the number of bytes the message has on the wire: its JSON, plus the timestamp
+// analytics-go would have added when it has none (stamped is true then).
+func standIn(m *mapper.Message) (msg analytics.Message, size int, stamped bool, err error) {
 	var ts time.Time
 	if s := m.Timestamp(); s != "" {
-		var err error
 		if ts, err = time.Parse(time.RFC3339Nano, s); err != nil {
-			return nil, fmt.Errorf("timestamp %q is not RFC 3339", s)
+			return nil, 0, false, fmt.Errorf("timestamp %q is not RFC 3339", s)
 		}
 	}
-	var body map[string]any
-	if m.BodyEnd > m.BodyStart {
-		var err error
-		if body, err = splitObject(m.Body(), keys); err != nil {
-			return nil, fmt.Errorf("traits/properties: %w", err)
-		}
+	// The mapper writes valid JSON by construction; this check, on the writer's goroutine,
+	// keeps that true of whatever reaches Write, since nothing re-encodes the message now.
+	if len(m.JSON) < 2 || m.JSON[0] != '{' || !validJSON(m.JSON) {
+		return nil, 0, false, errors.New("not a JSON object")
+	}
+	if m.BodyEnd > m.BodyStart && m.JSON[m.BodyStart] != '{' {
+		return nil, 0, false, errors.New("traits/properties: not a JSON object")
+	}
+	size = len(m.JSON)
+	if ts.IsZero() {
+		stamped = true
+		size += stampBytes
 	}
 	switch m.Type {
 	case "identify":
-		return analytics.Identify{Type: "identify", MessageId: m.ID, UserId: m.UserID, AnonymousId: m.AnonymousID,
-			Timestamp: ts, Context: lib, Traits: body}, nil
+		msg = analytics.Identify{Type: "identify", MessageId: m.ID, UserId: m.UserID, AnonymousId: m.AnonymousID, Timestamp: ts}
 	case "track":
-		return analytics.Track{Type: "track", MessageId: m.ID, UserId: m.UserID, AnonymousId: m.AnonymousID,
-			Event: m.Event, Timestamp: ts, Context: lib, Properties: body}, nil
+		msg = analytics.Track{Type: "track", MessageId: m.ID, UserId: m.UserID, AnonymousId: m.AnonymousID, Event: m.Event, Timestamp: ts}
 	case "group":
-		return analytics.Group{Type: "group", MessageId: m.ID, UserId: m.UserID, AnonymousId: m.AnonymousID,
-			GroupId: m.GroupID, Timestamp: ts, Context: lib, Traits: body}, nil
+		msg = analytics.Group{Type: "group", MessageId: m.ID, UserId: m.UserID, AnonymousId: m.AnonymousID, GroupId: m.GroupID, Timestamp: ts}
+	default:
+		return nil, 0, false, fmt.Errorf("message type %q is not identify, track or group", m.Type)
 	}
-	return nil, fmt.Errorf("message type %q is not identify, track or group", m.Type)
+	if err := msg.Validate(); err != nil {
+		return nil, 0, false, err
+	}
+	return msg, size, stamped, nil
+}
+
+// stampLayout is the timestamp added to a message that has none, as analytics-go added
+// it (the time the message was enqueued, in UTC, to the microsecond).
+const stampLayout = "2006-01-02T15:04:05.000000Z"
+
+// stampBytes is what appendStamped adds to a message.
+const stampBytes = len(`,"timestamp":""`) + len(stampLayout)
+
+// appendStamped appends msg with a timestamp member added before its closing brace.
+func appendStamped(dst, msg []byte, at time.Time) []byte {
+	dst = append(dst, msg[:len(msg)-1]...)
+	dst = append(dst, `,"timestamp":"`...)
+	dst = at.UTC().AppendFormat(dst, stampLayout)
+	return append(dst, `"}`...)
 }
 
 // messageID is the messageId of an analytics-go message, as a callback receives it.
@@ -64,136 +93,110 @@ func messageID(m analytics.Message) string {
 	return ""
 }
 
-// splitObject splits a JSON object into the map analytics-go wants, without decoding what
-// need not be: a number becomes a *json.Number holding its text, a string without
-// escapes a *string, true/false/null a bool or nil, and anything else (nested objects,
-// lists, strings with escapes) a *json.RawMessage. encoding/json writes the first kinds as
-// cheaply as values of a ready-made map, while a RawMessage is validated and compacted on
-// every encoding. Every value refers to one copy of b — analytics-go encodes the message
-// later, on its own goroutine, possibly after Write returned and the caller reused its
-// buffers — and pointers into one array of cells, so the map's values allocate nothing
-// more. splitObject checks the structure it walks (strings, nesting, separators,
-// literals, numbers); encoding/json validates nested values again when it encodes them.
-//
-// keys, when not nil, interns member names: the messages of one batch share their keys,
-// and looking a name up allocates nothing, where making it a string does.
-func splitObject(b []byte, keys map[string]string) (map[string]any, error) {
-	var stack [32]member
-	members := stack[:0]
-	i := skipSpace(b, 0)
+// eachMember calls fn for every member of the JSON object starting at b[i] with its key
+// (unescaped) and the offsets of its value, and returns the offset just past the object.
+// It checks the structure it walks; values are skipped, not validated.
+func eachMember(b []byte, i int, fn func(key []byte, start, end int) error) (int, error) {
+	i = skipSpace(b, i)
 	if i >= len(b) || b[i] != '{' {
-		return nil, errors.New("not a JSON object")
+		return 0, errors.New("not a JSON object")
 	}
 	i = skipSpace(b, i+1)
 	if i < len(b) && b[i] == '}' {
-		return map[string]any{}, trailing(b, i+1)
+		return i + 1, nil
 	}
 	for {
 		if i >= len(b) || b[i] != '"' {
-			return nil, fmt.Errorf("offset %d: expected a key", i)
+			return 0, fmt.Errorf("offset %d: expected a key", i)
 		}
 		end, escaped, err := scanString(b, i)
 		if err != nil {
-			return nil, err
+			return 0, err
 		}
-		var key string
-		if escaped || !utf8.Valid(b[i+1:end-1]) {
-			// As encoding/json reads it (invalid UTF-8 becomes U+FFFD).
-			if err := json.Unmarshal(b[i:end], &key); err != nil {
-				return nil, fmt.Errorf("offset %d: key: %w", i, err)
+		key := b[i+1 : end-1]
+		if escaped {
+			var s string
+			if err := json.Unmarshal(b[i:end], &s); err != nil {
+				return 0, fmt.Errorf("offset %d: key: %w", i, err)
 			}
-		} else if k, ok := keys[string(b[i+1:end-1])]; ok {
-			key = k
-		} else {
-			key = string(b[i+1 : end-1])
-			if keys != nil && len(keys) < 1024 {
-				keys[key] = key
-			}
+			key = []byte(s)
 		}
 		i = skipSpace(b, end)
 		if i >= len(b) || b[i] != ':' {
-			return nil, fmt.Errorf("offset %d: expected ':'", i)
+			return 0, fmt.Errorf("offset %d: expected ':'", i)
 		}
-		i = skipSpace(b, i+1)
-		start := i
-		var valueEscaped bool
-		if i < len(b) && b[i] == '"' {
-			i, valueEscaped, err = scanString(b, i)
-			valueEscaped = valueEscaped || (err == nil && !utf8.Valid(b[start+1:i-1]))
-		} else {
-			i, err = skipValue(b, i)
+		start := skipSpace(b, i+1)
+		if i, err = skipValue(b, start); err != nil {
+			return 0, err
 		}
-		if err != nil {
-			return nil, err
+		if err := fn(key, start, i); err != nil {
+			return 0, err
 		}
-		members = append(members, member{key, start, i, valueEscaped})
 		i = skipSpace(b, i)
 		if i >= len(b) {
-			return nil, errors.New("unterminated object")
+			return 0, errors.New("unterminated object")
 		}
 		switch b[i] {
 		case ',':
 			i = skipSpace(b, i+1)
-			continue
 		case '}':
+			return i + 1, nil
 		default:
-			return nil, fmt.Errorf("offset %d: expected ',' or '}'", i)
+			return 0, fmt.Errorf("offset %d: expected ',' or '}'", i)
 		}
-		if err := trailing(b, i+1); err != nil {
-			return nil, err
-		}
-		return memberMap(string(b), members), nil
 	}
 }
 
-// member is one member of an object: its key, and where its value is.
-type member struct {
-	key        string
-	start, end int
-	escaped    bool // a string value with escapes or invalid UTF-8: kept as JSON text
-}
-
-// cell holds one value of a map built by memberMap; the map points into it.
-type cell struct {
-	str string
-	num json.Number
-	raw json.RawMessage
-}
-
-// memberMap builds splitObject's map; s is the object's text, members index into it.
-func memberMap(s string, members []member) map[string]any {
-	cells := make([]cell, len(members))
-	out := make(map[string]any, len(members))
-	for j, m := range members {
-		v, c := s[m.start:m.end], &cells[j]
-		switch {
-		case v == "true":
-			out[m.key] = true
-		case v == "false":
-			out[m.key] = false
-		case v == "null":
-			out[m.key] = nil
-		case v[0] == '"' && !m.escaped:
-			c.str = v[1 : len(v)-1]
-			out[m.key] = &c.str
-		case v[0] == '-' || (v[0] >= '0' && v[0] <= '9'):
-			c.num = json.Number(v)
-			out[m.key] = &c.num
+// eachElement calls fn for the offsets of every element of the JSON array starting at b[i].
+func eachElement(b []byte, i int, fn func(start, end int) error) error {
+	i = skipSpace(b, i)
+	if i >= len(b) || b[i] != '[' {
+		return errors.New("not a JSON array")
+	}
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == ']' {
+		return nil
+	}
+	for {
+		start := i
+		end, err := skipValue(b, start)
+		if err != nil {
+			return err
+		}
+		if err := fn(start, end); err != nil {
+			return err
+		}
+		i = skipSpace(b, end)
+		if i >= len(b) {
+			return errors.New("unterminated array")
+		}
+		switch b[i] {
+		case ',':
+			i = skipSpace(b, i+1)
+		case ']':
+			return nil
 		default:
-			c.raw = json.RawMessage(v)
-			out[m.key] = &c.raw
+			return fmt.Errorf("offset %d: expected ',' or ']'", i)
 		}
 	}
-	return out
 }
 
-func trailing(b []byte, i int) error {
-	if i = skipSpace(b, i); i != len(b) {
-		return fmt.Errorf("offset %d: data after the object", i)
+// stringValue returns the text of the JSON string b (quotes included), unescaped.
+func stringValue(b []byte) ([]byte, error) {
+	if len(b) < 2 || b[0] != '"' {
+		return nil, errors.New("not a string")
 	}
-	return nil
+	for _, c := range b[1 : len(b)-1] {
+		if c == '\\' {
+			var s string
+			if err := json.Unmarshal(b, &s); err != nil {
+				return nil, err
+			}
+			return []byte(s), nil
+		}
+	}
+	return b[1 : len(b)-1], nil
 }
-
 func skipSpace(b []byte, i int) int {
 	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
 		i++
@@ -299,4 +302,135 @@ func validScalar(s []byte) bool {
 		}
 	}
 	return i == len(s)
+}
+
+// validJSON reports whether b is one valid JSON value (RFC 8259), as json.Valid does, at a
+// fraction of its cost on the flat objects the mapper writes.
+func validJSON(b []byte) bool {
+	end, ok := validValue(b, skipSpace(b, 0), 0)
+	return ok && skipSpace(b, end) == len(b)
+}
+
+// validValue validates the value at b[i] and returns the offset just past it.
+func validValue(b []byte, i, depth int) (int, bool) {
+	if i >= len(b) || depth > 10000 {
+		return 0, false
+	}
+	switch b[i] {
+	case '"':
+		return validString(b, i)
+	case '{':
+		i = skipSpace(b, i+1)
+		if i < len(b) && b[i] == '}' {
+			return i + 1, true
+		}
+		for {
+			if i >= len(b) || b[i] != '"' {
+				return 0, false
+			}
+			var ok bool
+			if i, ok = validString(b, i); !ok {
+				return 0, false
+			}
+			if i = skipSpace(b, i); i >= len(b) || b[i] != ':' {
+				return 0, false
+			}
+			if i, ok = validValue(b, skipSpace(b, i+1), depth+1); !ok {
+				return 0, false
+			}
+			if i = skipSpace(b, i); i >= len(b) {
+				return 0, false
+			}
+			switch b[i] {
+			case ',':
+				i = skipSpace(b, i+1)
+			case '}':
+				return i + 1, true
+			default:
+				return 0, false
+			}
+		}
+	case '[':
+		i = skipSpace(b, i+1)
+		if i < len(b) && b[i] == ']' {
+			return i + 1, true
+		}
+		for {
+			var ok bool
+			if i, ok = validValue(b, i, depth+1); !ok {
+				return 0, false
+			}
+			if i = skipSpace(b, i); i >= len(b) {
+				return 0, false
+			}
+			switch b[i] {
+			case ',':
+				i = skipSpace(b, i+1)
+			case ']':
+				return i + 1, true
+			default:
+				return 0, false
+			}
+		}
+	}
+	j := i
+	for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ' ' &&
+		b[j] != '\t' && b[j] != '\n' && b[j] != '\r' {
+		j++
+	}
+	return j, j > i && validScalar(b[i:j])
+}
+
+const (
+	ones  = 0x0101010101010101
+	highs = 0x8080808080808080
+)
+
+// plain8 reports whether none of the 8 bytes of x is a control character, a quote or a
+// backslash (bytes of 0x80 and above are plain).
+func plain8(x uint64) bool {
+	zero := func(v uint64) bool { return (v-ones)&^v&highs != 0 }
+	return (x-ones*0x20)&^x&highs == 0 && !zero(x^(ones*'"')) && !zero(x^(ones*'\\'))
+}
+
+// validString validates the string starting at b[i] == '"' and returns the offset just
+// past it: no control character, only JSON's escapes. (Like encoding/json, it lets
+// invalid UTF-8 through; the mapper writes none.)
+func validString(b []byte, i int) (int, bool) {
+	for j := i + 1; j < len(b); j++ {
+		for j+8 <= len(b) && plain8(binary.LittleEndian.Uint64(b[j:])) {
+			j += 8
+		}
+		if j >= len(b) {
+			break
+		}
+		c := b[j]
+		switch {
+		case c == '"':
+			return j + 1, true
+		case c < 0x20:
+			return 0, false
+		case c == '\\':
+			j++
+			if j >= len(b) {
+				return 0, false
+			}
+			switch b[j] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			case 'u':
+				if j+4 >= len(b) {
+					return 0, false
+				}
+				for _, h := range b[j+1 : j+5] {
+					if !('0' <= h && h <= '9' || 'a' <= h && h <= 'f' || 'A' <= h && h <= 'F') {
+						return 0, false
+					}
+				}
+				j += 4
+			default:
+				return 0, false
+			}
+		}
+	}
+	return 0, false
 }

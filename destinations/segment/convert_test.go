@@ -3,153 +3,151 @@ package segment
 import (
 	"bytes"
 	"encoding/json"
-	"reflect"
+	"strings"
 	"testing"
-
-	"github.com/segmentio/analytics-go/v3"
+	"time"
 
 	"github.com/backflowhq/backflow/destinations/destinationstest"
 )
 
-func TestSplitObject(t *testing.T) {
-	for _, in := range []string{
-		`{}`, ` { } `, `{"a":1}`, `{"a":"x\"y","b\\n":[1,{"c":"]"}],"d":{"e":null},"f":true,"g":-1.5e-7}`,
-		`{"dup":1,"dup":2}`, `{"é":"ü","\u00e9x":0}`,
-	} {
-		got, err := splitObject([]byte(in), nil)
-		if err != nil {
-			t.Errorf("splitObject(%s): %v", in, err)
-			continue
-		}
-		var want map[string]json.RawMessage
-		if err := json.Unmarshal([]byte(in), &want); err != nil {
-			t.Fatal(err)
-		}
-		compare(t, in, got, want)
-	}
-	for _, bad := range []string{``, `[]`, `{`, `{"a"}`, `{"a":}`, `{"a":1,}`, `{"a":1 "b":2}`, `{"a":"x}`,
-		`{"a":[1,2}`, `{"a":1}x`, `{a:1}`, `{"a":01}`, `{"a":1.}`, `{"a":tru}`, `{"a":-}`, `{"a":1e}`} {
-		if _, err := splitObject([]byte(bad), nil); err == nil {
-			t.Errorf("splitObject(%q) succeeded", bad)
-		}
-	}
-}
-
-func compare(t *testing.T, in string, got map[string]any, want map[string]json.RawMessage) {
-	t.Helper()
-	if len(got) != len(want) {
-		t.Fatalf("splitObject(%s): %d members, want %d", in, len(got), len(want))
-	}
-	for k, w := range want {
-		g, ok := got[k]
-		if !ok {
-			t.Fatalf("splitObject(%s): no member %q", in, k)
-		}
-		gb, err := json.Marshal(g)
-		if err != nil {
-			t.Fatalf("splitObject(%s): member %q does not encode: %v", in, k, err)
-		}
-		// Compare the compact forms with HTML characters escaped on both sides:
-		// json.Marshal writes & < > as \u0026 \u003c \u003e, the same JSON strings.
-		var gc, wc, ge, we bytes.Buffer
-		json.Compact(&gc, gb)
-		json.Compact(&wc, w)
-		json.HTMLEscape(&ge, gc.Bytes())
-		json.HTMLEscape(&we, wc.Bytes())
-		if ge.String() != we.String() {
-			t.Fatalf("splitObject(%s): member %q = %s, want %s", in, k, gc.String(), wc.String())
-		}
-	}
-}
-
-// FuzzSplitObject: on any input splitObject does not panic, and on any valid JSON object
-// it finds the members encoding/json finds, with the same values.
-func FuzzSplitObject(f *testing.F) {
-	for _, s := range []string{`{}`, `{"a":1}`, `{"a":"x\"y","b":[1,{"c":"]"}],"d":{"e":null}}`, `{"a":1e5,"b":-0.5}`, `{"\ud83d\ude00":"x"}`} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		got, err := splitObject(b, map[string]string{})
-		var want map[string]json.RawMessage
-		if json.Unmarshal(b, &want) != nil || want == nil {
-			return // not an object: splitObject may refuse it or not
-		}
-		if err != nil {
-			t.Fatalf("splitObject(%q) refused a valid object: %v", b, err)
-		}
-		compare(t, string(b), got, want)
-	})
-}
-
-func TestConvertKeepsTheMessage(t *testing.T) {
-	lib := &analytics.Context{Library: analytics.LibraryInfo{Name: "backflow", Version: "t"}}
+// TestStandInKeepsTheIdentifiers: the stand-in analytics-go queues carries the message's
+// type, messageId, identifiers and timestamp, and no body or context.
+func TestStandInKeepsTheIdentifiers(t *testing.T) {
 	for _, m := range destinationstest.Messages("conv", 6) {
-		am, err := convert(&m, lib, map[string]string{})
+		am, size, stamped, err := standIn(&m)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if messageID(am) != m.ID {
-			t.Errorf("messageID = %q, want %q", messageID(am), m.ID)
+		if messageID(am) != m.ID || size != len(m.JSON) || stamped {
+			t.Errorf("standIn(%s) = %q, %d bytes, stamped %v", m.ID, messageID(am), size, stamped)
 		}
 		b, err := json.Marshal(am)
 		if err != nil {
 			t.Fatal(err)
 		}
-		destinationstest.CheckSame(t, m, b)
-		// The body is a copy: changing the message's buffer afterwards changes nothing.
-		m.JSON[m.BodyStart+2] = 'X'
-		b2, _ := json.Marshal(am)
-		if !bytes.Equal(b, b2) {
-			t.Error("the converted message aliases the caller's buffer")
+		var got map[string]any
+		if err := json.Unmarshal(b, &got); err != nil {
+			t.Fatal(err)
+		}
+		if got["type"] != m.Type || got["userId"] != m.UserID || got["traits"] != nil || got["properties"] != nil || got["context"] != nil {
+			t.Errorf("stand-in %s", b)
+		}
+		ts, _ := time.Parse(time.RFC3339Nano, m.Timestamp())
+		if have, _ := time.Parse(time.RFC3339Nano, got["timestamp"].(string)); !have.Equal(ts) {
+			t.Errorf("stand-in timestamp %v, want %v", got["timestamp"], m.Timestamp())
 		}
 	}
 }
 
-// BenchmarkConvert measures what turning an encoded message into an analytics-go message
-// costs, encoding included (analytics-go encodes each message once): splitObject keeps
-// the values as JSON text; decoding into map[string]any is what a naive adapter would do.
-func BenchmarkConvert(b *testing.B) {
+func TestStampedMessage(t *testing.T) {
+	m := destinationstest.NewMessage("identify", "no-ts", "u1", `{"a":1}`, "")
+	_, size, stamped, err := standIn(&m)
+	if err != nil || !stamped {
+		t.Fatalf("standIn = %v, stamped %v", err, stamped)
+	}
+	at := time.Date(2025, 4, 14, 11, 23, 45, 123456789, time.FixedZone("x", 3600))
+	b := appendStamped(nil, m.JSON, at)
+	if len(b) != size {
+		t.Errorf("%d bytes, standIn said %d", len(b), size)
+	}
+	var got struct{ Timestamp string }
+	if err := json.Unmarshal(b, &got); err != nil || got.Timestamp != "2025-04-14T10:23:45.123456Z" {
+		t.Errorf("%s: timestamp %q (%v)", b, got.Timestamp, err)
+	}
+	destinationstest.CheckSame(t, m, b)
+}
+
+func TestEachMember(t *testing.T) {
+	in := []byte(` {"messageId":"x\"y","batch":[{"type":"t","messageId":"a"}, {"messageId":"b\u0041"}],"k\u0041":{"z":[1,"]"]},"n":-1.5e-7} `)
+	var keys []string
+	var batch []string
+	_, err := eachMember(in, 0, func(key []byte, start, end int) error {
+		keys = append(keys, string(key)+"="+string(in[start:end]))
+		if string(key) == "batch" {
+			return eachElement(in, start, func(s, e int) error {
+				_, err := eachMember(in[:e], s, func(key []byte, start, end int) error {
+					if string(key) == "messageId" {
+						v, err := stringValue(in[start:end])
+						batch = append(batch, string(v))
+						return err
+					}
+					return nil
+				})
+				return err
+			})
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(keys, " ") != `messageId="x\"y" batch=[{"type":"t","messageId":"a"}, {"messageId":"b\u0041"}] kA={"z":[1,"]"]} n=-1.5e-7` {
+		t.Errorf("members %q", keys)
+	}
+	if strings.Join(batch, " ") != "a bA" {
+		t.Errorf("ids %q", batch)
+	}
+	for _, bad := range []string{``, `[]`, `{`, `{"a"}`, `{"a":}`, `{"a":1,}`, `{"a":1 "b":2}`, `{"a":"x}`,
+		`{"a":[1,2}`, `{a:1}`, `{"a":01}`, `{"a":1.}`, `{"a":tru}`, `{"a":-}`, `{"a":1e}`} {
+		if _, err := eachMember([]byte(bad), 0, func([]byte, int, int) error { return nil }); err == nil {
+			t.Errorf("eachMember(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestInvalidJSONIsRefused(t *testing.T) {
+	m := destinationstest.NewMessage("identify", "bad", "u1", `{"a":[1,}`, "")
+	if _, _, _, err := standIn(&m); err == nil {
+		t.Error("standIn accepted invalid JSON")
+	}
+	m = destinationstest.NewMessage("identify", "bad", "u1", `"x"`, "")
+	if _, _, _, err := standIn(&m); err == nil {
+		t.Error("standIn accepted traits that are not an object")
+	}
+	m = destinationstest.NewMessage("identify", "ok", "u1", `{}`, "")
+	m.JSON = bytes.Clone(m.JSON)
+	if _, _, _, err := standIn(&m); err != nil {
+		t.Error(err)
+	}
+}
+
+// BenchmarkStandIn measures what Write spends on a message before analytics-go takes it,
+// and what analytics-go then spends encoding the stand-in.
+func BenchmarkStandIn(b *testing.B) {
 	msgs := destinationstest.Messages("bench", 64)
-	lib := &analytics.Context{Library: analytics.LibraryInfo{Name: "backflow", Version: "bench"}}
-	b.Run("split+encode", func(b *testing.B) {
-		b.ReportAllocs()
-		keys := map[string]string{}
-		for i := range b.N {
-			m := &msgs[i%len(msgs)]
-			am, err := convert(m, lib, keys)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if _, err := json.Marshal(am); err != nil {
-				b.Fatal(err)
-			}
+	b.ReportAllocs()
+	for i := range b.N {
+		m := &msgs[i%len(msgs)]
+		am, _, _, err := standIn(m)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := json.Marshal(am); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func TestValidJSON(t *testing.T) {
+	for _, s := range []string{`{}`, ` { } `, `{"a":1}`, `{"a":"x\"y","b\\n":[1,{"c":"]"}],"d":{"e":null},"f":true,"g":-1.5e-7}`,
+		`[]`, `[1, 2 ,3]`, `"\u00e9\/"`, `0`, `-0.5E+3`, `{"é":"ü"}`, `null`,
+		``, `[]x`, `{`, `{"a"}`, `{"a":}`, `{"a":1,}`, `{"a":1 "b":2}`, `{"a":"x}`, `[1,]`, `[,1]`,
+		`{"a":[1,2}`, `{"a":1}x`, `{a:1}`, `{"a":01}`, `{"a":1.}`, `{"a":tru}`, `{"a":-}`, `{"a":1e}`,
+		"\"a\tb\"", `"\x"`, `"\u12"`, `"\u12g4"`, `{"a":1}}`, `1 2`} {
+		if got, want := validJSON([]byte(s)), json.Valid([]byte(s)); got != want {
+			t.Errorf("validJSON(%q) = %v, json.Valid says %v", s, got, want)
+		}
+	}
+}
+
+// FuzzValidJSON: validJSON agrees with json.Valid on every input.
+func FuzzValidJSON(f *testing.F) {
+	for _, s := range []string{`{}`, `{"a":1}`, `{"a":"x\"y","b":[1,{"c":"]"}],"d":{"e":null}}`, `{"a":1e5,"b":-0.5}`, `{"\ud83d\ude00":"x"}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if got, want := validJSON(b), json.Valid(b); got != want {
+			t.Fatalf("validJSON(%q) = %v, json.Valid says %v", b, got, want)
 		}
 	})
-	b.Run("decode+encode", func(b *testing.B) {
-		b.ReportAllocs()
-		for i := range b.N {
-			m := &msgs[i%len(msgs)]
-			var props analytics.Properties
-			d := json.NewDecoder(bytes.NewReader(m.Body()))
-			d.UseNumber() // float64 would turn 12.30 into 12.3 and round 2^53+1
-			if err := d.Decode(&props); err != nil {
-				b.Fatal(err)
-			}
-			if _, err := json.Marshal(analytics.Track{MessageId: m.ID, UserId: m.UserID, Event: "e", Context: lib, Properties: props}); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("encode-ready-made", func(b *testing.B) {
-		var props analytics.Properties
-		json.Unmarshal(msgs[1].Body(), &props)
-		t := analytics.Track{MessageId: "x", UserId: "u", Event: "e", Context: lib, Properties: props}
-		b.ReportAllocs()
-		for range b.N {
-			if _, err := json.Marshal(t); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	_ = reflect.TypeOf
 }

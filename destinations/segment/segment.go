@@ -15,7 +15,7 @@
 //	  - type: segment
 //	    write_key: ${SEGMENT_WRITE_KEY}
 //	    endpoint: https://api.segment.io   # default; any Segment-compatible API
-//	    batch_size: 100                    # messages per request (Segment: at most 500 KB)
+//	    batch_size: 1000                   # messages per request (and at most 500 KB)
 //	    max_in_flight: 4                   # concurrent requests
 //	    rate_limit: 50                     # requests per second; 0: unlimited
 //	    timeout: 30s                       # one request
@@ -58,14 +58,13 @@ const MaxMessageBytes = 32_000
 // does not fill up waits this long; analytics-go's default (5s) would throttle every Write.
 const flushInterval = 10 * time.Millisecond
 
-const defaultBatchSize = 100
+const defaultBatchSize = 1000
 
 // Segment delivers messages through one analytics-go client.
 type Segment struct {
 	client     analytics.Client
 	tr         *transport
 	base       *http.Transport
-	lib        *analytics.Context
 	endpoint   string
 	writeKey   string
 	cancelLife context.CancelFunc
@@ -95,6 +94,42 @@ type slot struct {
 	index  int
 	next   *slot
 	queued bool // in pending
+	// json is the message as the mapper encoded it, in the caller's buffer: the transport
+	// copies it, under pmu, while the slot is queued (the Write is waiting, so the buffer
+	// is untouched); stamp, when not zero, is the timestamp to add (it has none).
+	json  []byte
+	stamp time.Time
+}
+
+// appendMessages appends to dst, for every id, the message a Write is waiting for under
+// that id (the oldest copy), and returns how many ids no Write waits for any more (their
+// Write gave up: they are left out, and their callbacks will find no slot).
+func (s *Segment) appendMessages(dst []byte, ids [][]byte, out []json.RawMessage) ([]byte, []json.RawMessage, int) {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	size := len(dst)
+	for _, id := range ids {
+		if sl := s.pending[string(id)]; sl != nil {
+			size += len(sl.json) + stampBytes
+		}
+	}
+	dst = slices.Grow(dst, size-len(dst))
+	missing := 0
+	for _, id := range ids {
+		sl := s.pending[string(id)]
+		if sl == nil {
+			missing++
+			continue
+		}
+		start := len(dst)
+		if sl.stamp.IsZero() {
+			dst = append(dst, sl.json...)
+		} else {
+			dst = appendStamped(dst, sl.json, sl.stamp)
+		}
+		out = append(out, dst[start:len(dst):len(dst)])
+	}
+	return dst, out, missing
 }
 
 // write is the state of one Write call.
@@ -128,10 +163,6 @@ func newSegment(cfg config.Destination, env destinations.Env, interval time.Dura
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	version := env.Version
-	if version == "" {
-		version = "dev"
-	}
 	batchSize := cfg.BatchSize
 	if batchSize <= 0 {
 		batchSize = defaultBatchSize
@@ -146,6 +177,7 @@ func newSegment(cfg config.Destination, env destinations.Env, interval time.Dura
 	life, cancel := context.WithCancel(context.Background())
 	policy := destinations.NewPolicy(cfg.Retry)
 	policy.Stop = env.Stop
+	s := &Segment{pending: map[string]*slot{}}
 	tr := &transport{
 		base:         base,
 		policy:       policy,
@@ -155,6 +187,7 @@ func newSegment(cfg config.Destination, env destinations.Env, interval time.Dura
 		life:         life,
 		verdicts:     &verdicts{},
 		log:          logger,
+		messages:     s.appendMessages,
 	}
 	if cfg.RateLimit > 0 {
 		tr.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), 1)
@@ -162,15 +195,7 @@ func newSegment(cfg config.Destination, env destinations.Env, interval time.Dura
 	if cfg.MaxInFlight > 0 {
 		tr.slots = make(chan struct{}, cfg.MaxInFlight)
 	}
-	s := &Segment{
-		tr:         tr,
-		base:       base,
-		lib:        &analytics.Context{Library: analytics.LibraryInfo{Name: "backflow", Version: version}},
-		endpoint:   endpoint,
-		writeKey:   cfg.WriteKey,
-		cancelLife: cancel,
-		pending:    map[string]*slot{},
-	}
+	s.tr, s.base, s.endpoint, s.writeKey, s.cancelLife = tr, base, endpoint, cfg.WriteKey, cancel
 	client, err := analytics.NewWithConfig(cfg.WriteKey, analytics.Config{
 		Endpoint:  endpoint,
 		Interval:  interval,
@@ -210,29 +235,36 @@ func (s *Segment) Write(ctx context.Context, msgs []mapper.Message) error {
 		return nil
 	}
 	w := &write{remaining: len(msgs), done: make(chan struct{})}
-	converted := make([]analytics.Message, len(msgs))
-	keys := make(map[string]string, 16)
+	standIns := make([]analytics.Message, len(msgs))
+	slots := make([]slot, len(msgs))
+	var now time.Time
 	for i := range msgs {
-		m, err := convert(&msgs[i], s.lib, keys)
-		if err == nil {
-			err = m.Validate()
+		m, size, stamped, err := standIn(&msgs[i])
+		if err == nil && size > MaxMessageBytes {
+			err = fmt.Errorf("it is over Segment's %d-byte limit (%d bytes)", MaxMessageBytes, size)
 		}
 		if err != nil {
 			w.settle(i, &destinations.PermanentError{Err: fmt.Errorf("message %s: %w", msgs[i].ID, err)})
 			continue
 		}
-		converted[i] = m
+		standIns[i] = m
+		slots[i].json = msgs[i].JSON
+		if stamped {
+			if now.IsZero() {
+				now = time.Now()
+			}
+			slots[i].stamp = now
+		}
 	}
 
-	slots := make([]slot, len(msgs))
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
 		return destinations.ErrClosed
 	}
-	s.register(w, slots, converted, msgs)
+	s.register(w, slots, standIns, msgs)
 	s.enqueueMu.Lock()
-	for i, m := range converted {
+	for i, m := range standIns {
 		if m == nil {
 			continue
 		}
@@ -258,15 +290,15 @@ func (s *Segment) Write(ctx context.Context, msgs []mapper.Message) error {
 	}
 }
 
-func (s *Segment) register(w *write, slots []slot, converted []analytics.Message, msgs []mapper.Message) {
+func (s *Segment) register(w *write, slots []slot, standIns []analytics.Message, msgs []mapper.Message) {
 	s.pmu.Lock()
 	defer s.pmu.Unlock()
-	for i, m := range converted {
+	for i, m := range standIns {
 		if m == nil {
 			continue
 		}
 		sl := &slots[i]
-		*sl = slot{id: msgs[i].ID, w: w, index: i, queued: true}
+		sl.id, sl.w, sl.index, sl.queued = msgs[i].ID, w, i, true
 		head, ok := s.pending[sl.id]
 		if !ok {
 			s.pending[sl.id] = sl

@@ -1,6 +1,7 @@
 package segment_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -197,20 +198,47 @@ func TestInvalidMessagesAreRefused(t *testing.T) {
 	}
 }
 
-func TestMessagesCarryBackflowLibrary(t *testing.T) {
+// TestMessagesAreSentAsMapped: each message reaches the server as the mapper encoded it,
+// byte for byte, with the context (library backflow and its version) the mapper wrote;
+// a message without a timestamp gets the time it was written, as analytics-go gave it.
+func TestMessagesAreSentAsMapped(t *testing.T) {
 	srv := destinationstest.NewSegmentServer(t, destinationstest.SegmentServerOptions{WriteKey: writeKey})
-	if err := build(t, cfgFor(srv.URL)).Write(context.Background(), destinationstest.Messages("lib", 3)); err != nil {
+	msgs := destinationstest.Messages("lib", 3)
+	noTS := destinationstest.NewMessage("identify", "lib-no-ts", "u1", `{"a":1}`, "")
+	msgs = append(msgs, noTS)
+	before := time.Now().UTC().Truncate(time.Microsecond)
+	if err := build(t, cfgFor(srv.URL)).Write(context.Background(), msgs); err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range srv.Received() {
+	sent := map[string][]byte{}
+	for _, m := range msgs {
+		sent[m.ID] = m.JSON
+	}
+	got := srv.Received()
+	if len(got) != len(msgs) {
+		t.Fatalf("%d messages received, want %d", len(got), len(msgs))
+	}
+	for _, r := range got {
 		var m struct {
-			Context struct {
+			Timestamp string
+			Context   struct {
 				Library struct{ Name, Version string }
 			}
 		}
-		if err := json.Unmarshal(r.JSON, &m); err != nil || m.Context.Library.Name != "backflow" || m.Context.Library.Version != "1.2.3" {
+		if err := json.Unmarshal(r.JSON, &m); err != nil || m.Context.Library.Name != "backflow" || m.Context.Library.Version != "test" {
 			t.Errorf("message %s context %+v (%v)", r.ID, m.Context, err)
 		}
+		if r.ID != noTS.ID {
+			if !bytes.Equal(r.JSON, sent[r.ID]) {
+				t.Errorf("message %s received as\n%s\nwant\n%s", r.ID, r.JSON, sent[r.ID])
+			}
+			continue
+		}
+		ts, err := time.Parse(time.RFC3339Nano, m.Timestamp)
+		if err != nil || ts.Before(before) || ts.After(time.Now()) {
+			t.Errorf("message without a timestamp got %q (%v)", m.Timestamp, err)
+		}
+		destinationstest.CheckSame(t, noTS, r.JSON)
 	}
 }
 

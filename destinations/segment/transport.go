@@ -24,6 +24,9 @@ import (
 // Retry-After, and abandon (Failure callback) whatever is still being retried when it is
 // closed. So the transport takes over the request entirely:
 //
+//   - analytics-go's batch holds stand-ins (see standIn): the transport reads their
+//     messageIds and sends, in their place, the messages the Writes waiting for them
+//     hold, as the mapper encoded them (see Segment.appendMessages);
 //   - each attempt waits for the rate limiter and a max_in_flight slot, and has its own
 //     timeout; retryable failures are retried with the destination's Policy (full-jitter
 //     backoff, Retry-After honoured, capped by max_backoff);
@@ -50,6 +53,9 @@ type transport struct {
 	life         context.Context
 	verdicts     *verdicts
 	log          *slog.Logger
+	// messages appends the messages that the stand-ins of a batch stand for (see
+	// Segment.appendMessages); nil: analytics-go's messages are sent as they are.
+	messages func(dst []byte, ids [][]byte, out []json.RawMessage) ([]byte, []json.RawMessage, int)
 }
 
 // MaxBatchBytes is Segment's limit on one batch request.
@@ -60,34 +66,69 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the batch: %w", err)
 	}
-	var sendErr error
-	if len(body) <= t.maxBytes {
-		// The common case: analytics-go's body is sent as is, and parsed only on failure.
-		if sendErr = t.send(req, body); sendErr == nil {
-			return accepted(req), nil
-		}
+	var b *batch
+	if t.messages != nil {
+		b, err = t.replace(body)
+	} else {
+		b, err = parseBatch(body)
 	}
-	b, err := parseBatch(body)
 	if err != nil {
 		// Cannot happen with analytics-go's own encoding. An error makes analytics-go
 		// report a Failure for every message of the batch: nothing is lost silently.
 		return nil, err
 	}
-	var pe *destinations.PermanentError
-	switch {
-	case sendErr == nil: // too large: never sent
-		t.deliver(req, b, b.Batch)
-	case errors.As(sendErr, &pe) && destinations.Splittable(pe) && len(b.Batch) > 1:
-		half := len(b.Batch) / 2
-		t.deliver(req, b, b.Batch[:half])
-		t.deliver(req, b, b.Batch[half:])
-	default:
-		t.log.Warn("segment batch not accepted", "messages", len(b.Batch), "error", sendErr)
-		for _, m := range b.Batch {
-			t.verdicts.add(rawID(m), sendErr)
+	// Batches of at most maxBytes, filled in order: analytics-go counts the stand-ins'
+	// bytes, not the messages', so one of its batches may make several requests.
+	for msgs := b.Batch; len(msgs) > 0; {
+		n, size := 1, b.size(msgs[:1])
+		for n < len(msgs) && size+len(msgs[n])+1 <= t.maxBytes {
+			size += len(msgs[n]) + 1
+			n++
 		}
+		t.deliver(req, b, msgs[:n])
+		msgs = msgs[n:]
 	}
 	return accepted(req), nil
+}
+
+// replace reads analytics-go's batch of stand-ins (see standIn) and returns it with the
+// messages they stand for, as the mapper encoded them, in their place.
+func (t *transport) replace(body []byte) (*batch, error) {
+	var b batch
+	var ids [][]byte
+	_, err := eachMember(body, 0, func(key []byte, start, end int) error {
+		switch string(key) {
+		case "messageId":
+			b.MessageID = json.RawMessage(body[start:end])
+		case "sentAt":
+			b.SentAt = json.RawMessage(body[start:end])
+		case "context":
+			b.Context = json.RawMessage(body[start:end])
+		case "batch":
+			return eachElement(body, start, func(start, end int) error {
+				var id []byte
+				_, err := eachMember(body[:end], start, func(key []byte, start, end int) error {
+					if string(key) == "messageId" {
+						var err error
+						id, err = stringValue(body[start:end])
+						return err
+					}
+					return nil
+				})
+				if err == nil && id == nil {
+					err = errors.New("a message without messageId")
+				}
+				ids = append(ids, id)
+				return err
+			})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading analytics-go's batch: %w", err)
+	}
+	_, b.Batch, _ = t.messages(nil, ids, make([]json.RawMessage, 0, len(ids)))
+	return &b, nil
 }
 
 // readBody reads and closes req's body, in one allocation when its length is known
@@ -110,16 +151,14 @@ func (t *transport) deliver(req *http.Request, b *batch, msgs []json.RawMessage)
 	if len(msgs) == 0 {
 		return
 	}
-	body, err := b.with(msgs)
-	if err == nil && len(body) > t.maxBytes && len(msgs) > 1 {
+	body := b.encode(msgs)
+	if len(body) > t.maxBytes && len(msgs) > 1 {
 		half := len(msgs) / 2
 		t.deliver(req, b, msgs[:half])
 		t.deliver(req, b, msgs[half:])
 		return
 	}
-	if err == nil {
-		err = t.send(req, body)
-	}
+	err := t.send(req, body)
 	if err == nil {
 		return
 	}
@@ -196,7 +235,7 @@ func accepted(req *http.Request) *http.Response {
 
 // batch is analytics-go's request body, with its messages left encoded.
 type batch struct {
-	MessageID string            `json:"messageId,omitempty"`
+	MessageID json.RawMessage   `json:"messageId,omitempty"`
 	SentAt    json.RawMessage   `json:"sentAt,omitempty"`
 	Batch     []json.RawMessage `json:"batch"`
 	Context   json.RawMessage   `json:"context,omitempty"`
@@ -210,11 +249,44 @@ func parseBatch(body []byte) (*batch, error) {
 	return &b, nil
 }
 
-// with encodes b with msgs as its messages.
-func (b *batch) with(msgs []json.RawMessage) ([]byte, error) {
-	part := *b
-	part.Batch = msgs
-	return json.Marshal(&part)
+// encode encodes b with msgs as its messages. The messages are valid JSON (analytics-go
+// encoded them, or Write checked them) and are copied as they are.
+func (b *batch) encode(msgs []json.RawMessage) []byte {
+	out := make([]byte, 0, b.size(msgs))
+	if len(b.MessageID) > 0 {
+		out = append(out, `{"messageId":`...)
+		out = append(out, b.MessageID...)
+		out = append(out, ',')
+	} else {
+		out = append(out, '{')
+	}
+	if len(b.SentAt) > 0 {
+		out = append(out, `"sentAt":`...)
+		out = append(out, b.SentAt...)
+		out = append(out, ',')
+	}
+	out = append(out, `"batch":[`...)
+	for i, m := range msgs {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, m...)
+	}
+	out = append(out, ']')
+	if len(b.Context) > 0 {
+		out = append(out, `,"context":`...)
+		out = append(out, b.Context...)
+	}
+	return append(out, '}')
+}
+
+// size is the length of b.encode(msgs).
+func (b *batch) size(msgs []json.RawMessage) int {
+	n := len(`{"messageId":,"sentAt":,"batch":[],"context":}`) + len(b.MessageID) + len(b.SentAt) + len(b.Context)
+	for _, m := range msgs {
+		n += len(m) + 1
+	}
+	return n
 }
 
 // rawID reads the messageId of an encoded message.
