@@ -89,6 +89,7 @@ func applyDefaults(c *Config, isSet func(path string) bool) {
 		str(&s.Source.S3.Auth.Mode, AuthDefault)
 		num64(sp+".source.limits.max_row_group_bytes", &s.Source.Limits.MaxRowGroupBytes, DefaultMaxRowGroupBytes)
 		num64(sp+".source.limits.max_record_bytes", &s.Source.Limits.MaxRecordBytes, DefaultMaxRecordBytes)
+		str(&s.Source.Limits.FirstRowNulls, FirstRowNullsReject)
 		str(&s.Mode, ModeIncremental)
 
 		for j := range s.Destinations {

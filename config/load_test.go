@@ -106,7 +106,7 @@ func checkFull(t *testing.T, c *config.Config, dir string) {
 		URL: "s3://acme-exports/users/", Include: "**/*.parquet", Partition: "latest",
 		S3: config.S3Options{Region: "us-east-1", Endpoint: "http://127.0.0.1:9000", PathStyle: true,
 			Auth: config.Auth{Mode: "keys", AccessKeyID: "AKIAEXAMPLE", SecretAccessKey: "aws-secret-value"}},
-		Limits: config.Limits{MaxRowGroupBytes: 1048576, MaxRecordBytes: 2048},
+		Limits: config.Limits{MaxRowGroupBytes: 1048576, MaxRecordBytes: 2048, FirstRowNulls: "reject"},
 	})
 	m := s.Mapping
 	eq("mapping ids", []string{m.Type, m.UserID, m.AnonymousID, m.GroupID, m.Timestamp}, []string{"identify", "customer_id", "anon_id", "", "updated_at"})
@@ -373,7 +373,7 @@ func TestDefaults(t *testing.T) {
 	}
 	s := c.Syncs[0]
 	if s.Source.Include != "*.parquet" || s.Source.Partition != "all" || s.Source.S3.Auth.Mode != "default" ||
-		s.Source.Limits != (config.Limits{MaxRowGroupBytes: 536870912, MaxRecordBytes: 1048576}) {
+		s.Source.Limits != (config.Limits{MaxRowGroupBytes: 536870912, MaxRecordBytes: 1048576, FirstRowNulls: "reject"}) {
 		t.Errorf("source = %+v", s.Source)
 	}
 	if s.Mode != "incremental" || !s.Schedule.Start.IsZero() || s.Schedule.Every != 0 || s.Schedule.Cron != "" {

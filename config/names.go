@@ -13,6 +13,9 @@ const (
 	PartitionAll    = "all"
 	PartitionLatest = "latest"
 
+	FirstRowNullsReject = "reject"
+	FirstRowNullsWarn   = "warn"
+
 	AuthDefault = "default"
 	AuthKeys    = "keys"
 	AuthRole    = "role"

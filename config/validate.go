@@ -224,6 +224,7 @@ func (v *validator) source(sp string, s *Source) {
 	if s.Limits.MaxRecordBytes <= 0 {
 		v.p.check(sp+".limits.max_record_bytes", "must be greater than 0")
 	}
+	v.oneOf(sp+".limits.first_row_nulls", s.Limits.FirstRowNulls, FirstRowNullsReject, FirstRowNullsWarn)
 }
 
 // unwrapPathError drops the path an *os.PathError repeats.

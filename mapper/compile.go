@@ -13,6 +13,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 
 	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/internal/suggest"
 )
 
 // Options configure a Mapper.
@@ -335,7 +336,7 @@ func (c *compiler) lookup(name string) (int, error) {
 		names[i] = c.schema.Field(i).Name
 	}
 	msg := fmt.Sprintf("no column %q in the schema", name)
-	if best := closest(name, names); best != "" {
+	if best := suggest.Closest(name, names); best != "" {
 		return 0, fmt.Errorf("%s (did you mean %q?)", msg, best)
 	}
 	if len(names) == 0 {
@@ -453,39 +454,6 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
-}
-
-// closest returns the name nearest to name by edit distance (case-insensitive) when it is
-// near enough to be a likely typo, else "".
-func closest(name string, names []string) string {
-	best, bestD := "", max(2, len(name)/3)+1
-	for _, n := range names {
-		if d := editDistance(strings.ToLower(name), strings.ToLower(n)); d < bestD {
-			best, bestD = n, d
-		}
-	}
-	return best
-}
-
-func editDistance(a, b string) int {
-	ra, rb := []rune(a), []rune(b)
-	prev := make([]int, len(rb)+1)
-	cur := make([]int, len(rb)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(ra); i++ {
-		cur[0] = i
-		for j := 1; j <= len(rb); j++ {
-			cost := 1
-			if ra[i-1] == rb[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(rb)]
 }
 
 // idType reports whether a column of type t can hold identifiers or event names: text,

@@ -13,6 +13,7 @@ import (
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
+	"github.com/backflowhq/backflow/internal/render"
 	"github.com/backflowhq/backflow/mapper"
 	"github.com/backflowhq/backflow/reader"
 	"github.com/backflowhq/backflow/schema"
@@ -21,10 +22,12 @@ import (
 
 // SchemaReport is what `backflow schema` prints.
 type SchemaReport struct {
-	Sync    string           `json:"sync"`
-	Columns []schema.Column  `json:"columns"`
-	Files   []FileInfo       `json:"files"`
-	Skipped []reader.Skipped `json:"skipped"`
+	Sync string `json:"sync"`
+	// SchemaFrom is the file the sync's schema was read from: the first valid one.
+	SchemaFrom string           `json:"schema_from,omitempty"`
+	Columns    []schema.Column  `json:"columns"`
+	Files      []FileInfo       `json:"files"`
+	Skipped    []reader.Skipped `json:"skipped"`
 }
 
 // FileInfo is one file's validation result.
@@ -35,6 +38,8 @@ type FileInfo struct {
 	RowGroups int    `json:"row_groups,omitempty"`
 	Valid     bool   `json:"valid"`
 	Error     string `json:"error,omitempty"`
+	// Differences are every difference from the sync's schema, when there are some.
+	Differences []string `json:"differences,omitempty"`
 }
 
 // Invalid counts the files that failed validation.
@@ -80,10 +85,17 @@ func openChecked(ctx context.Context, src reader.Source, obj reader.Object, limi
 	}
 	s, err := schema.Check(ctx, f, limits, want)
 	if err != nil {
-		f.Close()
-		return nil, nil, err
+		// The file is open and its footer read: `schema` still shows its rows.
+		return f, nil, err
 	}
 	return f, s, nil
+}
+
+// closeIf closes f when it is open.
+func closeIf(f *reader.File) {
+	if f != nil {
+		f.Close()
+	}
 }
 
 // isSourceFailure tells errors that concern the whole source (credentials, network) from
@@ -111,12 +123,20 @@ func Inspect(ctx context.Context, sync *config.Sync, o InspectOptions) (*SchemaR
 	info := func(i int, f *reader.File, err error) {
 		obj := listing.Objects[i]
 		fi := FileInfo{Key: obj.Key, Size: obj.Size}
-		if err != nil {
-			fi.Error = err.Error()
-		} else {
-			fi.Valid = true
+		if f != nil { // read, even when it fails a check
 			fi.Rows = f.NumRows()
 			fi.RowGroups = f.NumRowGroups()
+		}
+		fi.Valid = err == nil
+		var fe *schema.FileError
+		switch {
+		case errors.As(err, &fe):
+			fi.Error = fe.Full()
+			if len(fe.Differences) > 0 {
+				fi.Differences = fe.Differences
+			}
+		case err != nil:
+			fi.Error = err.Error()
 		}
 		rep.Files[i] = fi
 	}
@@ -125,11 +145,12 @@ func Inspect(ctx context.Context, sync *config.Sync, o InspectOptions) (*SchemaR
 	for i, obj := range listing.Objects {
 		f, s, err := openChecked(ctx, src, obj, sync.Source.Limits, nil, o)
 		if err != nil && isSourceFailure(err) {
+			closeIf(f)
 			return nil, err
 		}
 		info(i, f, err)
+		closeIf(f)
 		if err == nil {
-			f.Close()
 			want = s
 			first = i
 			break
@@ -137,6 +158,7 @@ func Inspect(ctx context.Context, sync *config.Sync, o InspectOptions) (*SchemaR
 	}
 	if want != nil {
 		rep.Columns = want.Columns
+		rep.SchemaFrom = want.Origin
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(o.Concurrency)
@@ -144,12 +166,11 @@ func Inspect(ctx context.Context, sync *config.Sync, o InspectOptions) (*SchemaR
 		g.Go(func() error {
 			f, _, err := openChecked(gctx, src, listing.Objects[i], sync.Source.Limits, want, o)
 			if err != nil && isSourceFailure(err) {
+				closeIf(f)
 				return err
 			}
 			info(i, f, err)
-			if f != nil {
-				f.Close()
-			}
+			closeIf(f)
 			return nil
 		})
 	}
@@ -208,6 +229,7 @@ func Preview(ctx context.Context, sync *config.Sync, o PreviewOptions) (*Preview
 		}
 		f, s, err := openChecked(ctx, src, obj, sync.Source.Limits, want, o.InspectOptions)
 		if err != nil {
+			closeIf(f)
 			if isSourceFailure(err) {
 				return nil, err
 			}
@@ -222,7 +244,7 @@ func Preview(ctx context.Context, sync *config.Sync, o PreviewOptions) (*Preview
 			})
 			if err != nil {
 				f.Close()
-				return nil, &ConfigError{Err: fmt.Errorf("sync %s: %w", sync.Name, err)}
+				return nil, &ConfigError{Err: fmt.Errorf("sync %s: %w (the sync's schema is from %s)", sync.Name, err, s.Origin)}
 			}
 			cols, res.Columns = previewColumns(s.Arrow, sync.Mapping, m, o.Columns, o.Search)
 		}
@@ -300,6 +322,12 @@ type CheckResult struct {
 	What   string `json:"what"`
 	OK     bool   `json:"ok"`
 	Detail string `json:"detail"`
+	// Warn is worth knowing but does not fail the check: a file a run would reject,
+	// a next run that will send everything again.
+	Warn bool `json:"warn,omitempty"`
+	// Config is a failure of the configuration itself (the mapping does not fit the
+	// schema): the command line exits 2 for it, as sync and preview do.
+	Config bool `json:"config,omitempty"`
 }
 
 // Check validates what can be validated without sending data: the source is listed and
@@ -314,6 +342,7 @@ func Check(ctx context.Context, cfg *config.Config, sync *config.Sync, reg *dest
 		}
 	}
 	what := "source " + sync.Source.URL
+	var s *schema.Schema // the sync's schema, when a valid file gives one
 	src, err := reader.NewSource(ctx, sync.Source)
 	if err != nil {
 		add(what, err, "")
@@ -322,26 +351,71 @@ func Check(ctx context.Context, cfg *config.Config, sync *config.Sync, reg *dest
 	} else if len(listing.Objects) == 0 {
 		add(what, nil, fmt.Sprintf("reachable; no Parquet file yet (%d other objects skipped)", len(listing.Skipped)))
 	} else {
-		obj := listing.Objects[0]
-		f, s, err := openChecked(ctx, src, obj, sync.Source.Limits, nil, InspectOptions{BatchRows: 1, BufferBytes: 1 << 20})
-		if err != nil {
-			add(what, fmt.Errorf("%d Parquet files listed, but the first fails: %w", len(listing.Objects), err), "")
+		// The sync's schema is the first valid file's, as in a run: files before it are
+		// reported (a run rejects them and goes on), and the mapping is checked against it.
+		var bad []string
+		for _, obj := range listing.Objects {
+			f, fs, err := openChecked(ctx, src, obj, sync.Source.Limits, nil, InspectOptions{BatchRows: 1, BufferBytes: 1 << 20})
+			closeIf(f)
+			if err != nil && isSourceFailure(err) {
+				add(what, err, "")
+				return checkRest(ctx, out, sync, reg, store, version, nil)
+			}
+			if err != nil {
+				bad = append(bad, err.Error())
+				continue
+			}
+			s = fs
+			break
+		}
+		for _, e := range bad {
+			out = append(out, CheckResult{What: what, Warn: true, Detail: e + " (a run rejects this file)"})
+		}
+		if s == nil {
+			add(what, fmt.Errorf("none of the %s listed is valid", render.Plural(len(listing.Objects), "Parquet file")), "")
 		} else {
-			f.Close()
-			add(what, nil, fmt.Sprintf("%d Parquet files listed (%d skipped); %s is valid", len(listing.Objects), len(listing.Skipped), obj.Key))
-			// The mapping is checked against the schema the first file gives.
-			_, err := mapper.New(mapper.Options{Sync: sync.Name, Mapping: sync.Mapping, Schema: s.Arrow,
+			add(what, nil, fmt.Sprintf("%s listed (%d skipped); %s is valid and gives the sync's schema",
+				render.Plural(len(listing.Objects), "Parquet file"), len(listing.Skipped), s.Origin))
+			m, err := mapper.New(mapper.Options{Sync: sync.Name, Mapping: sync.Mapping, Schema: s.Arrow,
 				MaxRecordBytes: sync.Source.Limits.MaxRecordBytes, Version: version})
-			add("mapping of sync "+sync.Name, err, fmt.Sprintf("%s message with %d columns from %s", sync.Mapping.Type, len(s.Columns), obj.Key))
+			if err != nil {
+				out = append(out, CheckResult{What: "mapping of sync " + sync.Name, Config: true,
+					Detail: fmt.Sprintf("%v (the sync's schema is from %s)", err, s.Origin)})
+			} else {
+				add("mapping of sync "+sync.Name, nil, fmt.Sprintf("%s message with %s from %s",
+					sync.Mapping.Type, render.Plural(len(m.Columns()), "column"), s.Origin))
+			}
+		}
+	}
+	return checkRest(ctx, out, sync, reg, store, version, s)
+}
+
+// checkRest checks the state and the destinations, after the source; s is the sync's
+// schema when the source gave one. It warns when the next run will be a full sync.
+func checkRest(ctx context.Context, out []CheckResult, sync *config.Sync, reg *destinations.Registry, store state.Store, version string, s *schema.Schema) []CheckResult {
+	add := func(what string, err error, ok string) {
+		if err != nil {
+			out = append(out, CheckResult{What: what, Detail: err.Error()})
+		} else {
+			out = append(out, CheckResult{What: what, OK: true, Detail: ok})
 		}
 	}
 	if store != nil {
-		_, err := store.Load(ctx, sync.Name)
+		cp, err := store.Load(ctx, sync.Name)
 		if err == nil {
 			// A state the run cannot write would lose every acknowledgement.
 			err = store.Probe(ctx, sync.Name)
 		}
 		add("state "+store.String(), err, "reachable and writable")
+		if err == nil {
+			schemaFP := ""
+			if s != nil {
+				schemaFP = s.Fingerprint()
+			}
+			if reason := fullSyncReason(cp, sync, false, MappingFingerprint(sync), SourceFingerprint(sync), schemaFP); reason != "" && reason != ReasonFirstSync {
+				out = append(out, CheckResult{What: "next run of sync " + sync.Name, Warn: true, Detail: fullSyncWarning(reason)})
+			}
+		}
 	}
 	env := destinations.Env{Sync: sync.Name, RunID: "check", Version: version, Stdout: io.Discard}
 	for _, dc := range sync.Destinations {
@@ -360,4 +434,20 @@ func Check(ctx context.Context, cfg *config.Config, sync *config.Sync, reg *dest
 		_ = d.Close(ctx)
 	}
 	return out
+}
+
+// fullSyncWarning says what a full sync for reason means for the destinations.
+func fullSyncWarning(reason string) string {
+	msg := "will be a full sync (" + reason + "): every row is sent again"
+	switch reason {
+	case ReasonMappingChanged:
+		msg += ", as new messages with new messageIds (a changed column, rename or constant changes every message)"
+	case ReasonSchemaChanged:
+		msg += ", as the files' columns changed"
+	case ReasonSourceChanged:
+		msg += ", as the source's url, include or partition changed"
+	case ReasonModeFull:
+		msg += ": the sync's mode is full"
+	}
+	return msg
 }

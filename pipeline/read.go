@@ -99,9 +99,11 @@ func (r *run) produce(ctx context.Context, src reader.Source, files []*state.Fil
 				obj := reader.Object{Key: entry.Key, Size: entry.Size, ETag: entry.ETag, VersionID: entry.VersionID}
 				f, err := r.openFile(openCtx, src, obj)
 				if err == nil {
-					if _, cerr := schema.Check(openCtx, f, r.sync.Source.Limits, r.schema); cerr != nil {
+					if s, cerr := schema.Check(openCtx, f, r.sync.Source.Limits, r.schema); cerr != nil {
 						f.Close()
 						f, err = nil, cerr
+					} else if len(s.FirstRowNulls) > 0 {
+						r.log.Warn("null in the first row, read anyway (first_row_nulls: warn)", "key", entry.Key, "columns", s.FirstRowNulls)
 					}
 				}
 				if err != nil {

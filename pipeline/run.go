@@ -267,7 +267,7 @@ func (r *run) run(ctx context.Context) error {
 			SkipKeys:       r.sync.Mode != ModeDiff,
 		})
 		if err != nil {
-			return &ConfigError{Err: fmt.Errorf("sync %s: %w", r.sync.Name, err)}
+			return &ConfigError{Err: fmt.Errorf("sync %s: %w (the sync's schema is from %s)", r.sync.Name, err, r.schema.Origin)}
 		}
 		r.mapper = m
 	}

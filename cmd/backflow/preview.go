@@ -70,7 +70,11 @@ func runPreview(cmd *cobra.Command, g *globalOptions, o previewOptions) error {
 		fmt.Fprintf(out, "Sync %s: no rows to preview\n", res.Sync)
 		return nil
 	}
-	fmt.Fprintf(out, "Sync %s: the first %d rows\n\n", res.Sync, len(res.Rows))
+	if len(res.Rows) == 1 {
+		fmt.Fprintf(out, "Sync %s: the first row\n\n", res.Sync)
+	} else {
+		fmt.Fprintf(out, "Sync %s: the first %d rows\n\n", res.Sync, len(res.Rows))
+	}
 	header := append([]string{"#"}, res.Columns...)
 	rows := make([][]string, len(res.Rows))
 	for i, r := range res.Rows {
