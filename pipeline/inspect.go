@@ -9,11 +9,10 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/apache/arrow-go/v18/arrow"
-
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
 	"github.com/backflowhq/backflow/internal/render"
+	"github.com/backflowhq/backflow/internal/suggest"
 	"github.com/backflowhq/backflow/mapper"
 	"github.com/backflowhq/backflow/reader"
 	"github.com/backflowhq/backflow/schema"
@@ -246,7 +245,11 @@ func Preview(ctx context.Context, sync *config.Sync, o PreviewOptions) (*Preview
 				f.Close()
 				return nil, &ConfigError{Err: fmt.Errorf("sync %s: %w (the sync's schema is from %s)", sync.Name, err, s.Origin)}
 			}
-			cols, res.Columns = previewColumns(s.Arrow, sync.Mapping, m, o.Columns, o.Search)
+			cols, res.Columns, err = previewColumns(s, sync.Mapping, m, o.Columns, o.Search)
+			if err != nil {
+				f.Close()
+				return nil, err
+			}
 		}
 		rec, err := f.ReadFirstRows(ctx, int64(o.Rows-len(res.Rows)))
 		if err != nil {
@@ -286,7 +289,7 @@ func Preview(ctx context.Context, sync *config.Sync, o PreviewOptions) (*Preview
 
 // previewColumns picks the table's columns: the identifier columns and the mapped ones,
 // narrowed by --columns and --search.
-func previewColumns(s *arrow.Schema, mp config.Mapping, m *mapper.Mapper, only []string, search string) ([]int, []string) {
+func previewColumns(s *schema.Schema, mp config.Mapping, m *mapper.Mapper, only []string, search string) ([]int, []string, error) {
 	want := map[string]bool{}
 	for _, c := range []string{mp.UserID, mp.AnonymousID, mp.GroupID, mp.EventColumn, mp.Timestamp} {
 		if c != "" {
@@ -297,14 +300,32 @@ func previewColumns(s *arrow.Schema, mp config.Mapping, m *mapper.Mapper, only [
 		want[c] = true
 	}
 	if len(only) > 0 {
+		// A column asked for by name must exist: an empty table would look like no data.
+		names := make([]string, len(s.Columns))
+		for i, c := range s.Columns {
+			names[i] = c.Name
+		}
 		want = map[string]bool{}
+		var unknown []string
 		for _, c := range only {
-			want[strings.TrimSpace(c)] = true
+			c = strings.TrimSpace(c)
+			if _, ok := s.Column(c); !ok {
+				msg := fmt.Sprintf("%q", c)
+				if best := suggest.Closest(c, names); best != "" {
+					msg += fmt.Sprintf(" (did you mean %q?)", best)
+				}
+				unknown = append(unknown, msg)
+			}
+			want[c] = true
+		}
+		if len(unknown) > 0 {
+			return nil, nil, &ConfigError{Err: fmt.Errorf("--columns: no column %s in the sync's schema (from %s); column names are case-sensitive",
+				strings.Join(unknown, ", "), s.Origin)}
 		}
 	}
 	var idx []int
 	var names []string
-	for i, f := range s.Fields() {
+	for i, f := range s.Arrow.Fields() {
 		if !want[f.Name] {
 			continue
 		}
@@ -314,7 +335,10 @@ func previewColumns(s *arrow.Schema, mp config.Mapping, m *mapper.Mapper, only [
 		idx = append(idx, i)
 		names = append(names, f.Name)
 	}
-	return idx, names
+	if search != "" && len(names) == 0 {
+		return nil, nil, &ConfigError{Err: fmt.Errorf("--search %q: no column name contains it (--search matches column names, not values)", search)}
+	}
+	return idx, names, nil
 }
 
 // CheckResult is one line of `backflow check`.
