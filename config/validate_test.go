@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/backflowhq/backflow/config"
-	"github.com/backflowhq/backflow/destinations/s3/keytemplate"
+	"github.com/backflowhq/backflow/internal/keytemplate"
 )
 
 type kv struct {
@@ -53,6 +53,8 @@ func TestValidationErrors(t *testing.T) {
 		{"source dir missing", []kv{{sp + ".url", "nope"}}, sp + ".url", "local directory " + filepath.Join(dir, "nope") + " does not exist", 0},
 		{"source dir is a file", []kv{{sp + ".url", "a-file"}}, sp + ".url", "is not a directory", 0},
 		{"include bad glob", []kv{{sp + ".include", "[a-"}}, sp + ".include", `"[a-" is not a valid glob pattern`, 0},
+		// the reader refuses it, so the config does too (one parser for both).
+		{"include empty segment", []kv{{sp + ".include", "data//x.parquet"}}, sp + ".include", "empty path segment", 0},
 		{"partition", []kv{{sp + ".partition", "newest"}}, sp + ".partition", `"newest" is not one of all, latest`, 0},
 		{"auth mode", []kv{{sp + ".auth.mode", "magic"}}, sp + ".auth.mode", `"magic" is not one of default, keys, role`, 0},
 		{"auth keys needs key id", []kv{{sp + ".auth.mode", "keys"}, {sp + ".auth.secret_access_key", "secret-key-1"}}, sp + ".auth.access_key_id", "is required for auth mode keys", 0},
@@ -105,7 +107,10 @@ func TestValidationErrors(t *testing.T) {
 		{"every a number", []kv{{"syncs[0].schedule.every", 3600}}, "syncs[0].schedule.every", "must be a duration such as 30s, 5m or 1h, not a number", 0},
 		{"cron fields", []kv{{"syncs[0].schedule.cron", "* * *"}}, "syncs[0].schedule.cron", "is not a valid 5-field cron expression", 0},
 		{"cron seconds field", []kv{{"syncs[0].schedule.cron", "0 0 * * * *"}}, "syncs[0].schedule.cron", "is not a valid 5-field cron expression", 0},
-		{"cron time zone", []kv{{"syncs[0].schedule.cron", "CRON_TZ=Europe/Oslo 0 * * * *"}}, "syncs[0].schedule.cron", "takes no time zone: schedules run in UTC", 0},
+		{"cron time zone", []kv{{"syncs[0].schedule.cron", "CRON_TZ=Europe/Oslo 0 * * * *"}}, "syncs[0].schedule.cron", "time-zone prefixes are not supported", 0},
+		// serve refuses these, so the config does too (one parser for both).
+		{"cron every", []kv{{"syncs[0].schedule.cron", "@every 5m"}}, "syncs[0].schedule.cron", "use `every:` for intervals", 0},
+		{"cron never fires", []kv{{"syncs[0].schedule.cron", "0 0 30 2 *"}}, "syncs[0].schedule.cron", "no time matches it", 0},
 		{"start without every", []kv{{"syncs[0].schedule.start", "2025-01-01T00:00:00Z"}}, "syncs[0].schedule.start", "only used with every", 0},
 		{"start not RFC 3339", []kv{{"syncs[0].schedule.every", "1h"}, {"syncs[0].schedule.start", "2025-01-01 00:00"}}, "syncs[0].schedule.start", `must be an RFC 3339 time such as 2025-01-01T00:00:00Z, got "2025-01-01 00:00"`, 0},
 

@@ -15,7 +15,7 @@ import (
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
-	"github.com/backflowhq/backflow/destinations/s3/keytemplate"
+	"github.com/backflowhq/backflow/internal/keytemplate"
 	"github.com/backflowhq/backflow/mapper"
 )
 
