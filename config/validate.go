@@ -22,6 +22,10 @@ var (
 	roleARNRE = regexp.MustCompile(`^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$`)
 )
 
+// ValidName reports whether name is a valid sync or destination name: [a-z0-9_-]+, so
+// that it is safe in file names, object keys and URLs. serve checks names with it too.
+func ValidName(name string) bool { return nameRE.MatchString(name) }
+
 // usedBy lists, per destination type, the keys it reads besides the shared ones.
 var usedBy = map[string][]string{
 	DestSegment: {"write_key", "endpoint"},

@@ -31,6 +31,28 @@ func (g *globalOptions) addFlags(c *cobra.Command) {
 	f.StringVar(&g.syncName, "sync", "", "which sync of the config file (may be omitted when it has one)")
 	f.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	_ = c.RegisterFlagCompletionFunc("log-format", fixedCompletion("text", "json"))
+	_ = c.RegisterFlagCompletionFunc("log-level", fixedCompletion("debug", "info", "warn", "error"))
+	// Sync names come from the config file the command line names, as the command
+	// would load it.
+	_ = c.RegisterFlagCompletionFunc("sync", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		cfg, err := config.Load(g.configPath(), g.getenv)
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		names := make([]string, len(cfg.Syncs))
+		for i := range cfg.Syncs {
+			names[i] = cfg.Syncs[i].Name
+		}
+		return names, cobra.ShellCompDirectiveNoFileComp
+	})
+}
+
+// fixedCompletion completes a flag's value from a fixed list.
+func fixedCompletion(values ...string) cobra.CompletionFunc {
+	return func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		return values, cobra.ShellCompDirectiveNoFileComp
+	}
 }
 
 // configPath is -c, else $BACKFLOW_CONFIG, else backflow.yaml.

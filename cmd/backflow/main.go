@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -70,7 +69,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	err := root.ExecuteContext(ctx)
+	// A command line naming no command is refused here, typed, rather than by matching
+	// cobra's wording afterwards.
+	err := checkCommand(root, args)
+	if err == nil {
+		err = root.ExecuteContext(ctx)
+	}
 	if err == nil {
 		return exitOK
 	}
@@ -107,6 +111,21 @@ func signalContext(parent context.Context, stderr io.Writer) (context.Context, f
 	}
 }
 
+// checkCommand refuses an unknown command as a usage error. cobra reports one as a
+// plain error; Find returns it before anything runs.
+func checkCommand(root *cobra.Command, args []string) error {
+	if len(args) > 0 && (args[0] == cobra.ShellCompRequestCmd || args[0] == cobra.ShellCompNoDescRequestCmd) {
+		return nil // the shell asking for completions: cobra adds that command itself
+	}
+	// help and completion are added by Execute; add them now so that Find knows them.
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	if _, _, err := root.Find(args); err != nil {
+		return &usageError{err}
+	}
+	return nil
+}
+
 // exitCode maps an error to SPEC.md's exit codes.
 func exitCode(err error) int {
 	var ee *exitError
@@ -118,10 +137,6 @@ func exitCode(err error) int {
 	var mapErr *mapper.ConfigError
 	var usage *usageError
 	if errors.As(err, &cfgErr) || errors.As(err, &runCfgErr) || errors.As(err, &mapErr) || errors.As(err, &usage) {
-		return exitUsage
-	}
-	// cobra's own complaint about the command line (it has no error type for it).
-	if strings.HasPrefix(err.Error(), "unknown command ") {
 		return exitUsage
 	}
 	return exitFailed
@@ -153,12 +168,17 @@ func splitLines(s string) []string {
 	return out
 }
 
-// noArgs is cobra.NoArgs reporting a usage error (exit code 2).
+// noArgs refuses arguments as a usage error (exit code 2). A word after a command is
+// most often a sync's name: say how to pick one.
 func noArgs(cmd *cobra.Command, args []string) error {
-	if err := cobra.NoArgs(cmd, args); err != nil {
-		return &usageError{err}
+	if len(args) == 0 {
+		return nil
 	}
-	return nil
+	msg := fmt.Sprintf("%q takes no arguments, got %q", cmd.CommandPath(), args[0])
+	if cmd.Flags().Lookup("sync") != nil {
+		msg += fmt.Sprintf("; to pick a sync, use --sync %s", args[0])
+	}
+	return &usageError{errors.New(msg)}
 }
 
 // usageError is a wrong command line (exit code 2).

@@ -45,6 +45,7 @@ func newSyncCommand(g *globalOptions) *cobra.Command {
 	f.DurationVar(&o.grace, "grace", 30*time.Second, "on SIGINT/SIGTERM, how long batches in flight may take to finish")
 	f.DurationVar(&o.wait, "wait", 0, "when another run of the sync holds its lease, wait this long for it (default: exit 1 at once)")
 	f.StringVar(&o.progress, "progress", "auto", "progress bar: auto (on a terminal), always or never")
+	_ = c.RegisterFlagCompletionFunc("progress", fixedCompletion("auto", "always", "never"))
 	return c
 }
 
