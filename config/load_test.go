@@ -474,6 +474,8 @@ func TestFileErrors(t *testing.T) {
 	})
 	syntax := []struct{ ext, doc, msg string }{
 		{"yaml", "syncs:\n  - name: a\n   bad: indent\n", "invalid YAML: line "},
+		// The decoder names line 1, where the block starts; the bad line is 5.
+		{"yaml", "syncs:\n  - name: users\n    source:\n      url: data\n     include: \"*.parquet\"\n", "invalid YAML: line 5: the indentation matches no line above it"},
 		{"yml", "syncs: [", "invalid YAML"},
 		{"yaml", "- a\n- b\n", "invalid YAML"},
 		{"yaml", "a: 1\na: 2\n", `mapping key "a" already defined`},

@@ -104,7 +104,7 @@ func TestValidationErrors(t *testing.T) {
 		{"every zero", []kv{{"syncs[0].schedule.every", "0s"}}, "syncs[0].schedule.every", "must be at least 1s", 0},
 		{"every negative", []kv{{"syncs[0].schedule.every", "-1h"}}, "syncs[0].schedule.every", "must be at least 1s", 0},
 		{"every not a duration", []kv{{"syncs[0].schedule.every", "1 hour"}}, "syncs[0].schedule.every", `must be a duration such as 30s, 5m or 1h, got "1 hour"`, 0},
-		{"every a number", []kv{{"syncs[0].schedule.every", 3600}}, "syncs[0].schedule.every", "must be a duration such as 30s, 5m or 1h, not a number", 0},
+		{"every a number", []kv{{"syncs[0].schedule.every", 3600}}, "syncs[0].schedule.every", "a bare number has no unit", 0},
 		{"cron fields", []kv{{"syncs[0].schedule.cron", "* * *"}}, "syncs[0].schedule.cron", "is not a valid 5-field cron expression", 0},
 		{"cron seconds field", []kv{{"syncs[0].schedule.cron", "0 0 * * * *"}}, "syncs[0].schedule.cron", "is not a valid 5-field cron expression", 0},
 		{"cron time zone", []kv{{"syncs[0].schedule.cron", "CRON_TZ=Europe/Oslo 0 * * * *"}}, "syncs[0].schedule.cron", "time-zone prefixes are not supported", 0},
@@ -179,14 +179,14 @@ func TestValidationErrors(t *testing.T) {
 		{"source not a mapping", []kv{{sp, "s3://a/b"}}, sp, "must be a mapping of keys to values, not a string", 0},
 		{"syncs not a list", []kv{{"syncs", map[string]any{"name": "x"}}}, "syncs", "must be a list, not a mapping", 0},
 		{"fractional integer", []kv{{d0 + ".max_in_flight", 1.5}}, d0 + ".max_in_flight", "must be a whole number", 0},
-		{"integer from text", []kv{{d0 + ".batch_size", "many"}}, d0 + ".batch_size", `must be a whole number, got "many"`, 0},
+		{"integer from text", []kv{{d0 + ".batch_size", "many"}}, d0 + ".batch_size", `"many" is not a number: must be a whole number`, 0},
 		{"integer too large", []kv{{d0 + ".batch_size", 1e300}}, d0 + ".batch_size", "is too large", 0},
 		{"boolean", []kv{{mp + ".skip_nulls", "yes"}}, mp + ".skip_nulls", `must be true or false, got "yes"`, 0},
-		{"number", []kv{{d0 + ".rate_limit", "fast"}}, d0 + ".rate_limit", `must be a number, got "fast"`, 0},
+		{"number", []kv{{d0 + ".rate_limit", "fast"}}, d0 + ".rate_limit", `"fast" is not a number`, 0},
 		{"string from number", []kv{{mp + ".user_id", 12}}, mp + ".user_id", "must be a string, not a number (quote it)", 0},
 		{"rename value not a string", []kv{{mp + ".rename", map[string]any{"City": 5}}}, mp + ".rename.City", "must be a string", 0},
 		{"header value not a string", []kv{{d0, webhook()}, {d0 + ".headers", map[string]any{"X-N": true}}}, d0 + ".headers.X-N", "must be a string, not a boolean", 0},
-		{"status not a number", []kv{{d0, webhook()}, {d0 + ".non_retryable_status", []any{"teapot"}}}, d0 + ".non_retryable_status[0]", `must be a whole number, got "teapot"`, 0},
+		{"status not a number", []kv{{d0, webhook()}, {d0 + ".non_retryable_status", []any{"teapot"}}}, d0 + ".non_retryable_status[0]", `"teapot" is not a number: must be a whole number`, 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -313,5 +313,38 @@ func TestKeyTemplateChecked(t *testing.T) {
 	_, err := loadTree(t, tree, t.TempDir(), nil)
 	if ce := asConfigError(t, err); !ce.Has(d0+".key", verdict.Error()) {
 		t.Fatalf("want %s.key: %v; got%s", d0, verdict, problems(err))
+	}
+}
+
+// TestEveryDecodeProblemAtOnce: every bad value is reported in one load, each with one
+// message whatever its neighbours, and an unset variable once.
+func TestEveryDecodeProblemAtOnce(t *testing.T) {
+	tree := baseTree()
+	set(t, tree, "state.lease_ttl", 60)
+	set(t, tree, "syncs[0].schedule.every", 5)
+	set(t, tree, sp+".limits.max_record_bytes", "three")
+	set(t, tree, "syncs[0].mapping.user_id", "${NOPE}")
+	set(t, tree, "syncs[0].mapping.anonymous_id", "${NOPE}")
+	set(t, tree, d0, map[string]any{"type": "webhook", "url": "http://x.example", "batch_size": 2.5,
+		"timeout": 10, "retry": map[string]any{"max_backoff": "3"}, "max_in_flight": "${BAD}"})
+	_, err := loadTree(t, tree, t.TempDir(), map[string]string{"BAD": "abc"})
+	ce := asConfigError(t, err)
+	want := map[string]string{
+		"state.lease_ttl":               "a bare number has no unit",
+		"syncs[0].schedule.every":       "a bare number has no unit",
+		d0 + ".timeout":                 "a bare number has no unit",
+		d0 + ".retry.max_backoff":       "a bare number has no unit",
+		sp + ".limits.max_record_bytes": `"three" is not a number`,
+		d0 + ".batch_size":              "must be a whole number",
+		d0 + ".max_in_flight":           `"abc" is not a number`, // not a secret: shown
+		"syncs[0].mapping.anonymous_id": "environment variable NOPE is not set",
+	}
+	for path, msg := range want {
+		if !ce.Has(path, msg) {
+			t.Errorf("no %q at %s:%s", msg, path, problems(err))
+		}
+	}
+	if len(ce.Errors) != len(want) {
+		t.Errorf("%d problems, want %d (one per value, NOPE once):%s", len(ce.Errors), len(want), problems(err))
 	}
 }
