@@ -63,6 +63,13 @@ func main() {
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	ctx, stop := signalContext(context.Background(), stderr)
 	defer stop()
+	// A reader that closes stdout early (`sync | head -1`) must not kill the process
+	// with SIGPIPE before it saves and prints its summary: with SIGPIPE notified, a
+	// write to the closed pipe returns EPIPE, and the stdout destination fails like any
+	// destination that stops answering.
+	pipe := make(chan os.Signal, 1)
+	signal.Notify(pipe, syscall.SIGPIPE)
+	defer signal.Stop(pipe)
 	g := &globalOptions{stdout: stdout, stderr: stderr, getenv: os.LookupEnv}
 	root := newRootCommand(g)
 	root.SetArgs(args)

@@ -196,7 +196,10 @@ func summary(r *pipeline.Report) string {
 	if r.DryRun {
 		kind = "dry run, " + kind
 	}
-	s := fmt.Sprintf("%s: %s %s in %s: files %d listed, %d read, %d unchanged, %d skipped, %d rejected; rows %d read, %d sent, %d unchanged, %d rejected",
+	// Each count means one thing: "to deliver" are the rows mapped to messages and handed
+	// to the destinations; what each destination did with them is its own count, and
+	// what it neither delivered nor refused is pending (a hung or interrupted run).
+	s := fmt.Sprintf("%s: %s %s in %s: files %d listed, %d read, %d unchanged, %d skipped, %d rejected; rows %d read, %d to deliver, %d unchanged, %d rejected",
 		r.Sync, kind, r.Status, time.Duration(r.DurationMS)*time.Millisecond,
 		r.Files.Listed, r.Files.Read, r.Files.Unchanged, r.Files.Skipped, r.Files.Rejected,
 		r.Rows.Read, r.Rows.Sent, r.Rows.Unchanged, r.Rows.Rejected)
@@ -205,7 +208,8 @@ func summary(r *pipeline.Report) string {
 	}
 	for _, name := range slices.Sorted(maps.Keys(r.Destinations)) {
 		d := r.Destinations[name]
-		s += fmt.Sprintf("; %s: %d delivered, %d failed", name, d.Delivered, d.Failed)
+		pending := max(0, r.Rows.Sent-d.Delivered-d.Failed-d.Unchanged)
+		s += fmt.Sprintf("; %s: %d delivered, %d failed, %d pending", name, d.Delivered, d.Failed, pending)
 	}
 	if r.RejectsFile != "" {
 		s += "; rejects in " + r.RejectsFile
