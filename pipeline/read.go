@@ -193,6 +193,7 @@ func (r *run) startFile(ctx context.Context, entry *state.File, f *reader.File, 
 	}
 
 	key := entry.Key
+	r.log.Debug("reading file", "key", key, "rows", rows, "row_groups", f.NumRowGroups())
 	of.onClose = func() {
 		onClose()
 		r.fileDone(key)
@@ -202,6 +203,9 @@ func (r *run) startFile(ctx context.Context, entry *state.File, f *reader.File, 
 	ok := true
 	for rg := 0; rg < f.NumRowGroups() && ok; rg++ {
 		n := f.RowGroupRows(rg)
+		if n > 0 && !needed(start, start+n) {
+			r.log.Debug("row group already delivered everywhere", "key", key, "row_group", rg, "rows", n)
+		}
 		if n > 0 && needed(start, start+n) {
 			of.refs.Add(1)
 			select {
@@ -262,6 +266,7 @@ func (r *run) readRowGroup(ctx context.Context, job rowGroupJob) {
 		return
 	}
 	r.obs.RowsRead(r.sync.Name, 0, bytesRead)
+	r.log.Debug("read row group", "key", job.file.entry.Key, "row_group", job.index, "rows", row-job.start, "compressed_bytes", bytesRead)
 }
 
 // recordReader is what readRowGroup reads: reader.File's row-group reader.

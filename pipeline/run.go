@@ -243,7 +243,17 @@ func (r *run) run(ctx context.Context) error {
 	r.report.Files.Listed = len(listing.Objects) + len(listing.Skipped)
 	r.report.Files.Skipped = len(listing.Skipped)
 	for _, s := range listing.Skipped {
-		r.log.Warn("skipping object", "key", s.Key, "reason", s.Reason)
+		if s.Expected {
+			r.log.Info("skipping object", "key", s.Key, "reason", s.Reason)
+		} else {
+			r.log.Warn("skipping object", "key", s.Key, "reason", s.Reason)
+		}
+	}
+	if len(listing.Objects) == 0 {
+		// Not an error (an export may not have run yet), but never silent: a typo in the
+		// url or include looks exactly like this.
+		r.log.Warn("no Parquet file to read", "source", r.sync.Source.URL, "include", r.sync.Source.Include,
+			"skipped", len(listing.Skipped))
 	}
 
 	prev, err := opts.Store.Load(ctx, r.sync.Name)

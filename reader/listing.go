@@ -88,6 +88,9 @@ func (f Filter) Apply(prefix string, objs []Object) Listing {
 	}
 	var out Listing
 	skip := func(key, reason string) { out.Skipped = append(out.Skipped, Skipped{Key: key, Reason: reason}) }
+	expected := func(key, reason string) {
+		out.Skipped = append(out.Skipped, Skipped{Key: key, Reason: reason, Expected: true})
+	}
 
 	type kept struct {
 		obj       Object
@@ -102,12 +105,12 @@ func (f Filter) Apply(prefix string, objs []Object) Listing {
 			skip(o.Key, fmt.Sprintf("outside the prefix %q", prefix))
 			continue
 		case strings.HasSuffix(rel, "/"):
-			skip(o.Key, "directory marker")
+			expected(o.Key, "directory marker")
 			continue
 		}
 		if !f.allowHidden {
 			if seg, hidden := hiddenSegment(rel); hidden {
-				skip(o.Key, fmt.Sprintf("hidden (%q starts with \"_\" or \".\": a temporary or marker file)", seg))
+				expected(o.Key, fmt.Sprintf("hidden (%q starts with \"_\" or \".\": a temporary or marker file)", seg))
 				continue
 			}
 		}
