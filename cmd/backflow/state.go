@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,15 +34,17 @@ func newStateCommand(g *globalOptions) *cobra.Command {
 			return runStateShow(cmd, g, asJSON)
 		},
 	}
-	show.Flags().BoolVar(&asJSON, "json", false, "print the checkpoint as JSON")
+	show.Flags().BoolVar(&asJSON, "json", false, "print the checkpoint as JSON (null when there is none)")
+	var yes bool
 	reset := &cobra.Command{
 		Use:   "reset",
 		Short: "Delete the sync's checkpoint and row hashes: the next run is a full sync",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runStateReset(cmd, g)
+			return runStateReset(cmd, g, yes)
 		},
 	}
+	reset.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation on a terminal")
 	c.AddCommand(show, reset)
 	return c
 }
@@ -64,9 +67,7 @@ func runStateShow(cmd *cobra.Command, g *globalOptions, asJSON bool) error {
 	if asJSON {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
-		if cp == nil {
-			return enc.Encode(map[string]any{"sync": s.Name, "checkpoint": nil})
-		}
+		// One shape: the checkpoint, or null when there is none.
 		return enc.Encode(cp)
 	}
 	if cp == nil {
@@ -106,7 +107,7 @@ func runStateShow(cmd *cobra.Command, g *globalOptions, asJSON bool) error {
 	return nil
 }
 
-func runStateReset(cmd *cobra.Command, g *globalOptions) error {
+func runStateReset(cmd *cobra.Command, g *globalOptions, yes bool) error {
 	ctx := cmd.Context()
 	cfg, s, err := g.loadSync()
 	if err != nil {
@@ -116,9 +117,28 @@ func runStateReset(cmd *cobra.Command, g *globalOptions) error {
 	if err != nil {
 		return err
 	}
+	cp, err := store.Load(ctx, s.Name)
+	if err != nil {
+		return err
+	}
+	out := cmd.OutOrStdout()
+	// A reset makes the next run send everything again: on a terminal, ask first.
+	if cp != nil && !yes && isTerminal(cmd.InOrStdin()) {
+		fmt.Fprintf(out, "Reset the checkpoint of sync %s in %s? The next run sends every row again. [y/N] ", s.Name, store.String())
+		answer, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+		if a := strings.ToLower(strings.TrimSpace(answer)); a != "y" && a != "yes" {
+			fmt.Fprintln(out, "Nothing reset.")
+			return nil
+		}
+	}
+	// Reset also when there is no checkpoint: row hashes of an earlier run may remain.
 	if err := store.Reset(ctx, s.Name); err != nil {
 		return fmt.Errorf("resetting state of sync %s: %w", s.Name, err)
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "Reset the checkpoint of sync %s in %s: the next run is a full sync.\n", s.Name, store.String())
+	if cp == nil {
+		fmt.Fprintf(out, "Sync %s had no checkpoint in %s: nothing to reset; the next run is a first sync.\n", s.Name, store.String())
+		return nil
+	}
+	fmt.Fprintf(out, "Reset the checkpoint of sync %s in %s: the next run is a full sync.\n", s.Name, store.String())
 	return nil
 }
