@@ -3,6 +3,8 @@ package e2e
 import (
 	"bufio"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
@@ -160,7 +162,7 @@ syncs:
 
 		// 7. Words.
 		{name: "7 summary counts", setup: withPeople(peopleSync(nil), map[string]peopleOptions{"a.parquet": {}}),
-			args: []string{"sync"}, code: 0, want: []string{"100 to deliver", "file: 100 delivered, 0 failed, 0 pending"}},
+			args: []string{"sync"}, code: 0, want: []string{"rows 100 read", "file: 100 delivered, 0 failed, 0 pending"}, notWant: []string{"sent"}},
 		{name: "7 check counts the mapping's columns", setup: withPeople(peopleSync(func(s *syncConfig) { s.Mapping["columns"] = []string{"email"} }), map[string]peopleOptions{"a.parquet": {}}),
 			args: []string{"check"}, code: 0, want: []string{"identify message with 1 column from a.parquet", "1 Parquet file listed"}},
 
@@ -262,5 +264,31 @@ func TestContractClosedStdout(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "users: full sync (first sync) failed") || !strings.Contains(stderr.String(), "broken pipe") {
 		t.Errorf("no summary naming the broken pipe:\n%s", stderr.String())
+	}
+}
+
+// TestContractInterrupt: SIGINT ends a run with exit 1 (README's exit codes), and the
+// summary says what the hung destination never took: pending, not "sent".
+func TestContractInterrupt(t *testing.T) {
+	release := make(chan struct{})
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select { // hang until the test ends
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer hook.Close()
+	defer close(release)
+	w := newWorkspace(t)
+	writePeople(t, w.path("data", "a.parquet"), people(0, 300), peopleOptions{})
+	w.writeConfig(usersConfig(map[string]any{"type": "webhook", "url": hook.URL, "timeout": "30s"}))
+	p := start(t, w.dir, nil, "sync", "--grace", "200ms")
+	time.Sleep(time.Second) // the run is planned and its batch in flight to the hung hook
+	if err := p.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	r := p.wait()
+	if r.Code != 1 || !strings.Contains(r.Stderr, "webhook: 0 delivered, 0 failed, 300 pending") {
+		t.Errorf("want exit 1 and 300 rows pending for the webhook\n%s", r)
 	}
 }

@@ -196,19 +196,26 @@ func summary(r *pipeline.Report) string {
 	if r.DryRun {
 		kind = "dry run, " + kind
 	}
-	// Each count means one thing: "to deliver" are the rows mapped to messages and handed
-	// to the destinations; what each destination did with them is its own count, and
-	// what it neither delivered nor refused is pending (a hung or interrupted run).
-	s := fmt.Sprintf("%s: %s %s in %s: files %d listed, %d read, %d unchanged, %d skipped, %d rejected; rows %d read, %d to deliver, %d unchanged, %d rejected",
+	// Each count means one thing. Rows are counted as read, unchanged and rejected (by
+	// the mapping); what each destination did with the others is its own count:
+	// delivered, failed, or pending (neither, when a run stopped or hung). The report's
+	// rows.sent (delivered to at least one destination) is left out here: next to a
+	// destination that failed every row, it read as if they had arrived.
+	s := fmt.Sprintf("%s: %s %s in %s: files %d listed, %d read, %d unchanged, %d skipped, %d rejected; rows %d read, %d unchanged, %d rejected",
 		r.Sync, kind, r.Status, time.Duration(r.DurationMS)*time.Millisecond,
 		r.Files.Listed, r.Files.Read, r.Files.Unchanged, r.Files.Skipped, r.Files.Rejected,
-		r.Rows.Read, r.Rows.Sent, r.Rows.Unchanged, r.Rows.Rejected)
+		r.Rows.Read, r.Rows.Unchanged, r.Rows.Rejected)
 	if r.DryRun {
 		s += fmt.Sprintf("; would send %d", r.Rows.WouldSend)
 	}
 	for _, name := range slices.Sorted(maps.Keys(r.Destinations)) {
 		d := r.Destinations[name]
-		pending := max(0, r.Rows.Sent-d.Delivered-d.Failed-d.Unchanged)
+		var pending int64
+		if r.Status == pipeline.StatusFailed && !r.DryRun {
+			// A run that ended cleanly left nothing pending; one that stopped left the
+			// rows it read that this destination neither took nor refused.
+			pending = max(0, r.Rows.Read-r.Rows.Rejected-r.Rows.Unchanged-d.Delivered-d.Failed-d.Unchanged)
+		}
 		s += fmt.Sprintf("; %s: %d delivered, %d failed, %d pending", name, d.Delivered, d.Failed, pending)
 	}
 	if r.RejectsFile != "" {
