@@ -193,6 +193,17 @@ syncs:
 			args: []string{"sync", "users"}, code: 2, want: []string{"to pick a sync, use --sync users"}},
 		{name: "10 unknown command", setup: withPeople(peopleSync(nil), map[string]peopleOptions{"a.parquet": {}}),
 			args: []string{"bogus"}, code: 2, want: []string{`unknown command "bogus"`}},
+		{name: "10 check --all checks every sync", setup: func(t *testing.T, w *workspace) {
+			c := peopleSync(nil)
+			b := c.Syncs[0]
+			b.Name = "b"
+			b.Mapping = map[string]any{"type": "identify", "user_id": "customer_id", "columns": []string{"nope"}}
+			b.Destinations = []map[string]any{fileDest("out/b.jsonl")}
+			c.Syncs = append(c.Syncs, b)
+			withPeople(c, map[string]peopleOptions{"a.parquet": {}})(t, w)
+		}, args: []string{"check", "--all"}, code: 2, want: []string{"(sync users)", "(sync b)", `no column "nope"`}},
+		{name: "10 serve --sync names a sync that exists", setup: withPeople(peopleSync(nil), map[string]peopleOptions{"a.parquet": {}}),
+			args: []string{"serve", "--sync", "nope", "--listen", "127.0.0.1:0"}, code: 2, want: []string{`no sync named "nope"`}},
 		{name: "10 completion of sync names", setup: withPeople(peopleSync(nil), map[string]peopleOptions{"a.parquet": {}}),
 			args: []string{"__complete", "sync", "--sync", ""}, code: 0, want: []string{"users\n"}},
 		{name: "10 completion of --progress", setup: withPeople(peopleSync(nil), map[string]peopleOptions{"a.parquet": {}}),
@@ -290,5 +301,21 @@ func TestContractInterrupt(t *testing.T) {
 	r := p.wait()
 	if r.Code != 1 || !strings.Contains(r.Stderr, "webhook: 0 delivered, 0 failed, 300 pending") {
 		t.Errorf("want exit 1 and 300 rows pending for the webhook\n%s", r)
+	}
+}
+
+// TestContractServeWithoutSchedule: serve says when no sync has a schedule.
+func TestContractServeWithoutSchedule(t *testing.T) {
+	w := newWorkspace(t)
+	writePeople(t, w.path("data", "a.parquet"), people(0, 10), peopleOptions{})
+	w.writeConfig(usersConfig(fileDest("out/users.jsonl")))
+	p := start(t, w.dir, nil, "serve", "--sync", "users", "--listen", "127.0.0.1:0")
+	time.Sleep(time.Second)
+	if err := p.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	r := p.wait()
+	if r.Code != 0 || !strings.Contains(r.Stderr, "no sync has a schedule") {
+		t.Errorf("want exit 0 and a warning that no sync has a schedule\n%s", r)
 	}
 }

@@ -10,14 +10,17 @@ import (
 )
 
 func newCheckCommand(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	var all bool
+	c := &cobra.Command{
 		Use:   "check",
 		Short: "Validate the config, reach the source, the state and every destination, sending nothing",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runCheck(cmd, g)
+			return eachSync(g, all, func() error { return runCheck(cmd, g) })
 		},
 	}
+	addAllFlag(c, &all)
+	return c
 }
 
 func runCheck(cmd *cobra.Command, g *globalOptions) error {

@@ -25,15 +25,16 @@ func newStateCommand(g *globalOptions) *cobra.Command {
 			return &usageError{errors.New("backflow state needs a command: show or reset")}
 		},
 	}
-	var asJSON bool
+	var asJSON, allSyncs bool
 	show := &cobra.Command{
 		Use:   "show",
 		Short: "Print the sync's checkpoint: what every destination acknowledged",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runStateShow(cmd, g, asJSON)
+			return eachSync(g, allSyncs, func() error { return runStateShow(cmd, g, asJSON) })
 		},
 	}
+	addAllFlag(show, &allSyncs)
 	show.Flags().BoolVar(&asJSON, "json", false, "print the checkpoint as JSON (null when there is none)")
 	var yes bool
 	reset := &cobra.Command{

@@ -26,6 +26,7 @@ type syncOptions struct {
 	grace    time.Duration
 	wait     time.Duration
 	progress string
+	all      bool
 }
 
 func newSyncCommand(g *globalOptions) *cobra.Command {
@@ -35,7 +36,10 @@ func newSyncCommand(g *globalOptions) *cobra.Command {
 		Short: "Run the sync once",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runSync(cmd, g, o)
+			if o.all && o.report != "" {
+				return &usageError{errors.New("--report with --all: each sync would overwrite the same file; run the syncs one by one")}
+			}
+			return eachSync(g, o.all, func() error { return runSync(cmd, g, o) })
 		},
 	}
 	f := c.Flags()
@@ -46,6 +50,7 @@ func newSyncCommand(g *globalOptions) *cobra.Command {
 	f.DurationVar(&o.wait, "wait", 0, "when another run of the sync holds its lease, wait this long for it (default: exit 1 at once)")
 	f.StringVar(&o.progress, "progress", "auto", "progress bar: auto (on a terminal), always or never")
 	_ = c.RegisterFlagCompletionFunc("progress", fixedCompletion("auto", "always", "never"))
+	addAllFlag(c, &o.all)
 	return c
 }
 
