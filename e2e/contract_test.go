@@ -82,7 +82,7 @@ syncs:
 		{name: "1 mapping error names the schema's file",
 			setup: withPeople(peopleSync(func(s *syncConfig) { s.Mapping["columns"] = []string{"email", "nickname"} }),
 				map[string]peopleOptions{"a-stray.parquet": {}, "b.parquet": nick}),
-			args: []string{"sync"}, code: 2, want: []string{`"nickname"`, "the sync's schema is from a-stray.parquet"}},
+			args: []string{"sync"}, code: 2, want: []string{`"nickname"`, "sync users, whose schema is from a-stray.parquet:"}},
 		{name: "1 schema shows rows and every difference",
 			setup: withPeople(peopleSync(nil), map[string]peopleOptions{"a.parquet": {}, "b.parquet": {Nickname: true, Bio: true}}),
 			args:  []string{"schema"}, code: 3,
@@ -141,6 +141,13 @@ syncs:
 		{name: "4 include with an empty segment refused by the config as by the reader",
 			setup: configText("syncs:\n  - name: users\n    source: {url: data, include: \"data//x.parquet\"}\n    mapping: {type: identify, user_id: customer_id}\n    destinations: [{type: stdout}]\n"),
 			args:  []string{"check"}, code: 2, want: []string{"source.include:", "empty path segment"}},
+		{name: "3 every missing column in one run",
+			setup: withPeople(peopleSync(func(s *syncConfig) {
+				s.Mapping["user_id"] = "customerid"
+				s.Mapping["columns"] = []string{"emial", "paln"}
+			}), map[string]peopleOptions{"a.parquet": {}}),
+			args: []string{"sync"}, code: 2,
+			want: []string{`mapping.user_id: no column "customerid"`, `mapping.columns[0]: no column "emial"`, `mapping.columns[1]: no column "paln"`}},
 		{name: "4 check exits 2 for a mapping that does not fit, as sync does",
 			setup: withPeople(peopleSync(func(s *syncConfig) { s.Mapping["columns"] = []string{"emial"} }), map[string]peopleOptions{"a.parquet": {}}),
 			args:  []string{"check"}, code: 2, want: []string{`no column "emial"`, `did you mean "email"?`, "the sync's schema is from a.parquet"}},

@@ -187,6 +187,8 @@ func (c *compiler) compile() error {
 	m.event = mp.Event
 
 	used := map[int]string{} // schema index -> the mapping key using it
+	// Columns the schema lacks are all reported at once: three typos, one run.
+	var missing []error
 	for _, f := range []struct {
 		role, name string
 		dst        **sourceColumn
@@ -205,7 +207,8 @@ func (c *compiler) compile() error {
 		path := "mapping." + f.role
 		i, err := c.lookup(f.name)
 		if err != nil {
-			return &ConfigError{path, err.Error()}
+			missing = append(missing, &ConfigError{path, err.Error()})
+			continue
 		}
 		t := c.schema.Field(i).Type
 		if !f.ok(t) {
@@ -234,7 +237,8 @@ func (c *compiler) compile() error {
 			path := fmt.Sprintf("mapping.columns[%d]", j)
 			i, err := c.lookup(name)
 			if err != nil {
-				return &ConfigError{path, err.Error()}
+				missing = append(missing, &ConfigError{path, err.Error()})
+				continue
 			}
 			if k, dup := seen[i]; dup {
 				return &ConfigError{path, fmt.Sprintf("column %q is already listed at columns[%d]", name, k)}
@@ -248,7 +252,8 @@ func (c *compiler) compile() error {
 	for _, i := range selected {
 		f := c.schema.Field(i)
 		if byName[f.Name] {
-			return &ConfigError{"mapping.columns", fmt.Sprintf("column %q appears more than once in the schema", f.Name)}
+			missing = append(missing, &ConfigError{"mapping.columns", fmt.Sprintf("column %q appears more than once in the schema", f.Name)})
+			continue
 		}
 		byName[f.Name] = true
 		m.body = append(m.body, sourceColumn{name: f.Name, index: i, typ: f.Type})
@@ -262,12 +267,17 @@ func (c *compiler) compile() error {
 		i, err := c.lookup(name)
 		switch {
 		case err != nil:
-			return &ConfigError{path, err.Error()}
+			missing = append(missing, &ConfigError{path, err.Error()})
+			continue
 		case used[i] != "" && len(mp.Columns) == 0:
 			return &ConfigError{path, fmt.Sprintf("column %q is the %s column, left out of the %s unless listed in columns", name, used[i], c.bodyName())}
 		default:
 			return &ConfigError{path, fmt.Sprintf("column %q is not among the selected columns", name)}
 		}
+	}
+
+	if len(missing) > 0 {
+		return errors.Join(missing...)
 	}
 
 	// The traits/properties tree: the columns, then the constants.

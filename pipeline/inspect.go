@@ -243,7 +243,7 @@ func Preview(ctx context.Context, sync *config.Sync, o PreviewOptions) (*Preview
 			})
 			if err != nil {
 				f.Close()
-				return nil, &ConfigError{Err: fmt.Errorf("sync %s: %w (the sync's schema is from %s)", sync.Name, err, s.Origin)}
+				return nil, &ConfigError{Err: fmt.Errorf("sync %s, whose schema is from %s: %w", sync.Name, s.Origin, err)}
 			}
 			cols, res.Columns, err = previewColumns(s, sync.Mapping, m, o.Columns, o.Search)
 			if err != nil {
@@ -404,7 +404,7 @@ func Check(ctx context.Context, cfg *config.Config, sync *config.Sync, reg *dest
 				MaxRecordBytes: sync.Source.Limits.MaxRecordBytes, Version: version})
 			if err != nil {
 				out = append(out, CheckResult{What: "mapping of sync " + sync.Name, Config: true,
-					Detail: fmt.Sprintf("%v (the sync's schema is from %s)", err, s.Origin)})
+					Detail: fmt.Sprintf("the sync's schema is from %s: %s", s.Origin, strings.ReplaceAll(err.Error(), "\n", "; "))})
 			} else {
 				add("mapping of sync "+sync.Name, nil, fmt.Sprintf("%s message with %s from %s",
 					sync.Mapping.Type, render.Plural(len(m.Columns()), "column"), s.Origin))

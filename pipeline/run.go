@@ -277,7 +277,7 @@ func (r *run) run(ctx context.Context) error {
 			SkipKeys:       r.sync.Mode != ModeDiff,
 		})
 		if err != nil {
-			return &ConfigError{Err: fmt.Errorf("sync %s: %w (the sync's schema is from %s)", r.sync.Name, err, r.schema.Origin)}
+			return &ConfigError{Err: fmt.Errorf("sync %s, whose schema is from %s: %w", r.sync.Name, r.schema.Origin, err)}
 		}
 		r.mapper = m
 	}
