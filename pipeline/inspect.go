@@ -243,7 +243,7 @@ func Preview(ctx context.Context, sync *config.Sync, o PreviewOptions) (*Preview
 			})
 			if err != nil {
 				f.Close()
-				return nil, &ConfigError{Err: fmt.Errorf("sync %s, whose schema is from %s: %w", sync.Name, s.Origin, err)}
+				return nil, newConfigError(fmt.Errorf("sync %s, whose schema is from %s: %w", sync.Name, s.Origin, err))
 			}
 			cols, res.Columns, err = previewColumns(s, sync.Mapping, m, o.Columns, o.Search)
 			if err != nil {
@@ -319,8 +319,8 @@ func previewColumns(s *schema.Schema, mp config.Mapping, m *mapper.Mapper, only 
 			want[c] = true
 		}
 		if len(unknown) > 0 {
-			return nil, nil, &ConfigError{Err: fmt.Errorf("--columns: no column %s in the sync's schema (from %s); column names are case-sensitive",
-				strings.Join(unknown, ", "), s.Origin)}
+			return nil, nil, newConfigError(fmt.Errorf("--columns: no column %s in the sync's schema (from %s); column names are case-sensitive",
+				strings.Join(unknown, ", "), s.Origin))
 		}
 	}
 	var idx []int
@@ -336,7 +336,7 @@ func previewColumns(s *schema.Schema, mp config.Mapping, m *mapper.Mapper, only 
 		names = append(names, f.Name)
 	}
 	if search != "" && len(names) == 0 {
-		return nil, nil, &ConfigError{Err: fmt.Errorf("--search %q: no column name contains it (--search matches column names, not values)", search)}
+		return nil, nil, newConfigError(fmt.Errorf("--search %q: no column name contains it (--search matches column names, not values)", search))
 	}
 	return idx, names, nil
 }

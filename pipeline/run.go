@@ -66,11 +66,14 @@ type Options struct {
 }
 
 // ConfigError is a configuration problem found while starting a run (exit code 2):
-// nothing was read or sent.
-type ConfigError struct{ Err error }
+// nothing was read or sent. It is the configuration's own error type: one type for
+// every configuration problem, whoever finds it.
+type ConfigError = config.Error
 
-func (e *ConfigError) Error() string { return e.Err.Error() }
-func (e *ConfigError) Unwrap() error { return e.Err }
+// newConfigError wraps err, a problem of the configuration found at run time.
+func newConfigError(err error) *ConfigError {
+	return &ConfigError{Errors: []config.FieldError{{Msg: err.Error(), Err: err}}}
+}
 
 // NewRunID returns a run id: the UTC start time and a random suffix, safe in file names
 // and object keys.
@@ -277,7 +280,7 @@ func (r *run) run(ctx context.Context) error {
 			SkipKeys:       r.sync.Mode != ModeDiff,
 		})
 		if err != nil {
-			return &ConfigError{Err: fmt.Errorf("sync %s, whose schema is from %s: %w", r.sync.Name, r.schema.Origin, err)}
+			return newConfigError(fmt.Errorf("sync %s, whose schema is from %s: %w", r.sync.Name, r.schema.Origin, err))
 		}
 		r.mapper = m
 	}

@@ -17,8 +17,6 @@ import (
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/internal/logging"
-	"github.com/backflowhq/backflow/mapper"
-	"github.com/backflowhq/backflow/pipeline"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -139,11 +137,11 @@ func exitCode(err error) int {
 	if errors.As(err, &ee) {
 		return ee.code
 	}
+	// One configuration error type, whoever found the problem (the loader, the mapper
+	// against the schema, the run).
 	var cfgErr *config.Error
-	var runCfgErr *pipeline.ConfigError
-	var mapErr *mapper.ConfigError
 	var usage *usageError
-	if errors.As(err, &cfgErr) || errors.As(err, &runCfgErr) || errors.As(err, &mapErr) || errors.As(err, &usage) {
+	if errors.As(err, &cfgErr) || errors.As(err, &usage) {
 		return exitUsage
 	}
 	return exitFailed
