@@ -58,9 +58,14 @@ func collectDecodeErrors(err error, p *problems) {
 		}
 		return
 	}
-	var de *mapstructure.DecodeError
-	if errors.As(err, &de) {
+	if de, ok := err.(*mapstructure.DecodeError); ok {
 		p.addBad(mapstructurePath(de.Name()), de.Unwrap().Error())
+		return
+	}
+	// mapstructure wraps its joined errors ("decoding failed due to …"): look inside,
+	// or every problem after the first would be lost.
+	if inner := errors.Unwrap(err); inner != nil {
+		collectDecodeErrors(inner, p)
 		return
 	}
 	p.addBad("", err.Error())
@@ -156,13 +161,23 @@ func describe(data any) string {
 	}
 }
 
+// noUnit is the message for a duration written as a bare number, whatever the key.
+const noUnit = "must be a duration with a unit, such as 30s, 5m or 1h: a bare number has no unit"
+
 func toDuration(data any) (any, error) {
 	s, ok := data.(string)
 	if !ok {
+		switch data.(type) {
+		case int, int64, int32, uint64, float64:
+			return nil, errors.New(noUnit)
+		}
 		return nil, fmt.Errorf("must be a duration such as 30s, 5m or 1h, not %s", describe(data))
 	}
 	d, err := time.ParseDuration(strings.TrimSpace(s))
 	if err != nil {
+		if _, numErr := strconv.ParseFloat(strings.TrimSpace(s), 64); numErr == nil {
+			return nil, fmt.Errorf("%s (got %q)", noUnit, s)
+		}
 		return nil, fmt.Errorf("must be a duration such as 30s, 5m or 1h, got %q", s)
 	}
 	return d, nil
@@ -227,6 +242,9 @@ func toInt(data any, bits int) (any, error) {
 	case string:
 		i, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
 		if err != nil {
+			if _, numErr := strconv.ParseFloat(strings.TrimSpace(v), 64); numErr != nil {
+				return nil, fmt.Errorf("%q is not a number: must be a whole number", v)
+			}
 			return nil, fmt.Errorf("must be a whole number, got %q", v)
 		}
 		n = i
@@ -252,7 +270,7 @@ func toFloat(data any) (any, error) {
 	case string:
 		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 		if err != nil {
-			return nil, fmt.Errorf("must be a number, got %q", v)
+			return nil, fmt.Errorf("%q is not a number", v)
 		}
 		return f, nil
 	default:

@@ -1,6 +1,10 @@
 package config
 
-import "time"
+import (
+	"time"
+
+	"github.com/backflowhq/backflow/internal/keytemplate"
+)
 
 // Defaults that other packages may want to name.
 const (
@@ -9,7 +13,6 @@ const (
 	DefaultMaxRowGroupBytes  = 512 << 20 // 536870912
 	DefaultMaxRecordBytes    = 1 << 20   // 1048576
 	DefaultSegmentEndpoint   = "https://api.segment.io"
-	DefaultS3Key             = "{stream_name}/{date}/{connection_run_id}-{part}.{extension}"
 	DefaultMaxObjectRows     = 1000000
 	DefaultRetryMaxAttempts  = 8
 	DefaultRetryMaxBackoff   = 30 * time.Second
@@ -98,6 +101,7 @@ func applyDefaults(c *Config, isSet func(path string) bool) {
 		}
 		num64(sp+".source.limits.max_row_group_bytes", &s.Source.Limits.MaxRowGroupBytes, DefaultMaxRowGroupBytes)
 		num64(sp+".source.limits.max_record_bytes", &s.Source.Limits.MaxRecordBytes, DefaultMaxRecordBytes)
+		str(&s.Source.Limits.FirstRowNulls, FirstRowNullsReject)
 		str(&s.Mode, ModeIncremental)
 
 		for j := range s.Destinations {
@@ -118,7 +122,7 @@ func applyDefaults(c *Config, isSet func(path string) bool) {
 				str(&d.Auth.Mode, AuthDefault)
 				str(&d.Format, FormatJSONL)
 				str(&d.Compression, CompressionNone)
-				str(&d.Key, DefaultS3Key)
+				str(&d.Key, keytemplate.Default)
 				str(&d.CSV.Delimiter, ",")
 				num64(dp+".max_object_rows", &d.MaxObjectRows, DefaultMaxObjectRows)
 			}

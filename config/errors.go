@@ -96,6 +96,15 @@ func (p *problems) addBad(path, msg string) {
 	p.bad[path] = true
 }
 
+// markBad silences validation at and below path without a message of its own: the
+// problem was reported at another path.
+func (p *problems) markBad(path string) {
+	if p.bad == nil {
+		p.bad = map[string]bool{}
+	}
+	p.bad[path] = true
+}
+
 // check records a validation problem unless decoding already reported path or an
 // ancestor of it.
 func (p *problems) check(path, msg string) {

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	suggestpkg "github.com/backflowhq/backflow/internal/suggest"
 )
 
 // normalize turns the maps a decoder may produce with non-string keys (YAML allows
@@ -124,48 +126,14 @@ func checkKeys(raw any, t reflect.Type, path string, p *problems, present map[st
 // suggest returns `, did you mean "key"?` for the known key nearest to k, when one is
 // near enough to be a likely typo (or differs only in case).
 func suggest(k string, fields []field) string {
-	if len(k) > 64 {
-		return "" // not a typo of any key; spare the quadratic distance
+	keys := make([]string, len(fields))
+	for i, f := range fields {
+		keys[i] = f.key
 	}
-	best, bestDist := "", -1
-	lk := strings.ToLower(k)
-	for _, f := range fields {
-		d := levenshtein(lk, f.key)
-		if bestDist < 0 || d < bestDist {
-			best, bestDist = f.key, d
-		}
+	if best := suggestpkg.Closest(k, keys); best != "" {
+		return fmt.Sprintf(", did you mean %q?", best)
 	}
-	limit := min(2, max(1, len(k)/3))
-	if best == "" || bestDist > limit {
-		return ""
-	}
-	return fmt.Sprintf(", did you mean %q?", best)
-}
-
-// levenshtein is the edit distance between a and b, by bytes, counting a swap of two
-// adjacent bytes as one edit (the commonest typo: "mdoe").
-func levenshtein(a, b string) int {
-	d := make([][]int, len(a)+1)
-	for i := range d {
-		d[i] = make([]int, len(b)+1)
-		d[i][0] = i
-	}
-	for j := range d[0] {
-		d[0][j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
-			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
-				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
-			}
-		}
-	}
-	return d[len(a)][len(b)]
+	return ""
 }
 
 // sortedKeys returns the keys of m in order, so that problems are found deterministically.

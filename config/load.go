@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 
 	"github.com/pelletier/go-toml/v2"
@@ -94,7 +95,9 @@ func LoadBytes(data []byte, format, dir string, lookupEnv func(string) (string, 
 	raw, _ = normalize(raw).(map[string]any)
 
 	c := &Config{Dir: absDir}
-	expandTree(raw, "", lookupEnv, &p, &c.expanded)
+	var x expansions
+	expandTree(raw, "", lookupEnv, &p, &x)
+	c.expanded = x.vals
 	present := map[string]bool{}
 	checkKeys(raw, reflect.TypeFor[Config](), "", &p, present)
 	decode(raw, c, &p)
@@ -104,7 +107,14 @@ func LoadBytes(data []byte, format, dir string, lookupEnv func(string) (string, 
 	validate(c, &p, isSet)
 
 	if len(p.list) > 0 {
-		secrets := c.Secrets()
+		// A bad value that came from a variable is shown, so that the user sees what
+		// is wrong with it, unless it is a secret: at a secret key, or a secret's value.
+		var secrets []string
+		for _, sec := range c.Secrets() {
+			if !slices.Contains(x.vals, sec) || x.secret[sec] || isStructuralSecret(c, sec) {
+				secrets = append(secrets, sec)
+			}
+		}
 		errs := p.sorted()
 		for i := range errs {
 			errs[i].Msg = Redact(errs[i].Msg, secrets)
@@ -132,7 +142,44 @@ func parseMessage(err error, data []byte) string {
 	for _, prefix := range []string{"yaml: ", "toml: "} {
 		msg = strings.TrimPrefix(msg, prefix)
 	}
+	// The YAML decoder names the line where the enclosing block starts, not the line
+	// that broke it: for an indentation error, find that line.
+	var reported int
+	if _, scanErr := fmt.Sscanf(msg, "line %d:", &reported); scanErr == nil {
+		if bad := misindentedLine(data); bad > reported {
+			rest := strings.TrimSpace(msg[strings.IndexByte(msg, ':')+1:])
+			return fmt.Sprintf("line %d: the indentation matches no line above it (%s)", bad, rest)
+		}
+	}
 	return msg
+}
+
+// misindentedLine returns the first line (from 1) indented less than the line before
+// it but at no level an enclosing line has, or 0. Block scalars and flow collections
+// spanning lines are rare in configuration files and may mislead it; it is only asked
+// when the decoder already failed.
+func misindentedLine(data []byte) int {
+	var levels []int // indentation of the enclosing lines, increasing
+	for i, line := range strings.Split(string(data), "\n") {
+		body := strings.TrimLeft(line, " ")
+		if strings.TrimSpace(body) == "" || strings.HasPrefix(body, "#") {
+			continue
+		}
+		indent := len(line) - len(body)
+		popped := false
+		for len(levels) > 0 && indent < levels[len(levels)-1] {
+			levels = levels[:len(levels)-1]
+			popped = true
+		}
+		switch {
+		case popped && (len(levels) == 0 || levels[len(levels)-1] != indent):
+			// Back out of a block to a column no enclosing line has.
+			return i + 1
+		case len(levels) == 0 || indent > levels[len(levels)-1]:
+			levels = append(levels, indent)
+		}
+	}
+	return 0
 }
 
 // Sync returns the sync called name. An empty name is allowed when the file has

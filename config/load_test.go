@@ -106,7 +106,7 @@ func checkFull(t *testing.T, c *config.Config, dir string) {
 		URL: "s3://acme-exports/users/", Include: "**/*.parquet", Partition: "latest",
 		S3: config.S3Options{Region: "us-east-1", Endpoint: "http://127.0.0.1:9000", PathStyle: true,
 			Auth: config.Auth{Mode: "keys", AccessKeyID: "AKIAEXAMPLE", SecretAccessKey: "aws-secret-value"}},
-		Limits:    config.Limits{MaxRowGroupBytes: 1048576, MaxRecordBytes: 2048},
+		Limits:    config.Limits{MaxRowGroupBytes: 1048576, MaxRecordBytes: 2048, FirstRowNulls: "reject"},
 		Discovery: config.Discovery{Type: config.DiscoveryList},
 	})
 	m := s.Mapping
@@ -374,7 +374,7 @@ func TestDefaults(t *testing.T) {
 	}
 	s := c.Syncs[0]
 	if s.Source.Include != "*.parquet" || s.Source.Partition != "all" || s.Source.S3.Auth.Mode != "default" ||
-		s.Source.Limits != (config.Limits{MaxRowGroupBytes: 536870912, MaxRecordBytes: 1048576}) {
+		s.Source.Limits != (config.Limits{MaxRowGroupBytes: 536870912, MaxRecordBytes: 1048576, FirstRowNulls: "reject"}) {
 		t.Errorf("source = %+v", s.Source)
 	}
 	if s.Mode != "incremental" || !s.Schedule.Start.IsZero() || s.Schedule.Every != 0 || s.Schedule.Cron != "" {
@@ -475,6 +475,8 @@ func TestFileErrors(t *testing.T) {
 	})
 	syntax := []struct{ ext, doc, msg string }{
 		{"yaml", "syncs:\n  - name: a\n   bad: indent\n", "invalid YAML: line "},
+		// The decoder names line 1, where the block starts; the bad line is 5.
+		{"yaml", "syncs:\n  - name: users\n    source:\n      url: data\n     include: \"*.parquet\"\n", "invalid YAML: line 5: the indentation matches no line above it"},
 		{"yml", "syncs: [", "invalid YAML"},
 		{"yaml", "- a\n- b\n", "invalid YAML"},
 		{"yaml", "a: 1\na: 2\n", `mapping key "a" already defined`},

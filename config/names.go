@@ -13,8 +13,10 @@ const (
 	PartitionAll    = "all"
 	PartitionLatest = "latest"
 
-	DiscoveryList = "list"
-	DiscoverySQS  = "sqs"
+	DiscoveryList       = "list"
+	DiscoverySQS        = "sqs"
+	FirstRowNullsReject = "reject"
+	FirstRowNullsWarn   = "warn"
 
 	AuthDefault = "default"
 	AuthKeys    = "keys"

@@ -15,6 +15,23 @@ const Redacted = "REDACTED"
 // expansion. Empty values are left out. Longest first, so that a secret
 // containing another is redacted whole.
 func (c *Config) Secrets() []string {
+	out := c.structuralSecrets()
+	for _, v := range c.expanded {
+		if v != "" && !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b string) int { return cmp.Compare(len(b), len(a)) })
+	return out
+}
+
+// isStructuralSecret tells whether v is the value of a secret key of c.
+func isStructuralSecret(c *Config, v string) bool {
+	return slices.Contains(c.structuralSecrets(), v)
+}
+
+// structuralSecrets are the values of c's secret keys, whatever their origin.
+func (c *Config) structuralSecrets() []string {
 	var out []string
 	add := func(vals ...string) {
 		for _, v := range vals {
@@ -24,7 +41,6 @@ func (c *Config) Secrets() []string {
 		}
 	}
 	auth := func(a Auth) { add(a.SecretAccessKey, a.SessionToken, a.ExternalID) }
-	add(c.expanded...)
 	add(c.Serve.AuthToken)
 	auth(c.State.S3.Auth)
 	notify := func(ns []Notify) {
@@ -44,7 +60,6 @@ func (c *Config) Secrets() []string {
 			}
 		}
 	}
-	slices.SortStableFunc(out, func(a, b string) int { return cmp.Compare(len(b), len(a)) })
 	return out
 }
 

@@ -118,6 +118,9 @@ type Discovery struct {
 type Limits struct {
 	MaxRowGroupBytes int64 `mapstructure:"max_row_group_bytes"`
 	MaxRecordBytes   int64 `mapstructure:"max_record_bytes"`
+	// FirstRowNulls says what a null in a file's first row does: reject the file (the
+	// default, "" counts as it) or warn and read it (types come from the footer either way).
+	FirstRowNulls string `mapstructure:"first_row_nulls"` // reject | warn
 }
 
 // Mapping says how a row becomes a Segment-spec message.

@@ -6,21 +6,25 @@ import (
 	"math"
 	"net/url"
 	"os"
-	"path"
 	"reflect"
 	"regexp"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/backflowhq/backflow/destinations/s3/keytemplate"
-	"github.com/robfig/cron/v3"
+	"github.com/backflowhq/backflow/internal/cronspec"
+	"github.com/backflowhq/backflow/internal/glob"
+	"github.com/backflowhq/backflow/internal/keytemplate"
 )
 
 var (
 	nameRE    = regexp.MustCompile(`^[a-z0-9_-]+$`)
 	roleARNRE = regexp.MustCompile(`^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$`)
 )
+
+// ValidName reports whether name is a valid sync or destination name: [a-z0-9_-]+, so
+// that it is safe in file names, object keys and URLs. serve checks names with it too.
+func ValidName(name string) bool { return nameRE.MatchString(name) }
 
 // usedBy lists, per destination type, the keys it reads besides the shared ones.
 var usedBy = map[string][]string{
@@ -214,7 +218,8 @@ func (v *validator) source(sp string, s *Source) {
 		}
 		v.notUsed(sp, s3Keys, "used only by an s3:// source")
 	}
-	if err := checkGlob(s.Include); err != nil {
+	// The reader compiles it the same way: what the config accepts, the reader uses.
+	if _, err := glob.Compile(s.Include); err != nil {
 		v.p.check(sp+".include", err.Error())
 	}
 	v.oneOf(sp+".partition", s.Partition, PartitionAll, PartitionLatest)
@@ -225,6 +230,7 @@ func (v *validator) source(sp string, s *Source) {
 		v.p.check(sp+".limits.max_record_bytes", "must be greater than 0")
 	}
 	v.discovery(sp+".discovery", s)
+	v.oneOf(sp+".limits.first_row_nulls", s.Limits.FirstRowNulls, FirstRowNullsReject, FirstRowNullsWarn)
 }
 
 // discoveryKeys are the keys only discovery type sqs uses.
@@ -265,17 +271,6 @@ func unwrapPathError(err error) error {
 		return pe.Err
 	}
 	return err
-}
-
-// checkGlob accepts path.Match patterns, with ** for "any number of path segments".
-func checkGlob(pattern string) error {
-	if pattern == "" {
-		return fmt.Errorf("must not be empty")
-	}
-	if _, err := path.Match(strings.ReplaceAll(pattern, "**", "*"), ""); err != nil {
-		return fmt.Errorf("%q is not a valid glob pattern", pattern)
-	}
-	return nil
 }
 
 // s3Options checks the connection settings of an S3 location at parent.
@@ -444,10 +439,8 @@ func (v *validator) schedule(sp string, s Schedule) {
 		v.p.check(sp+".every", "must be at least 1s")
 	}
 	if s.Cron != "" {
-		spec := strings.TrimSpace(s.Cron)
-		if strings.HasPrefix(spec, "TZ=") || strings.HasPrefix(spec, "CRON_TZ=") {
-			v.p.check(sp+".cron", "takes no time zone: schedules run in UTC")
-		} else if _, err := cron.ParseStandard(spec); err != nil {
+		// serve parses it the same way: what check accepts, serve runs.
+		if _, err := cronspec.Parse(s.Cron); err != nil {
 			v.p.check(sp+".cron", fmt.Sprintf("is not a valid 5-field cron expression: %v", err))
 		}
 	}

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/backflowhq/backflow/config"
-	"github.com/backflowhq/backflow/destinations/s3/keytemplate"
+	"github.com/backflowhq/backflow/internal/keytemplate"
 )
 
 type kv struct {
@@ -56,6 +56,8 @@ func TestValidationErrors(t *testing.T) {
 		{"source dir missing", []kv{{sp + ".url", "nope"}}, sp + ".url", "local directory " + filepath.Join(dir, "nope") + " does not exist", 0},
 		{"source dir is a file", []kv{{sp + ".url", "a-file"}}, sp + ".url", "is not a directory", 0},
 		{"include bad glob", []kv{{sp + ".include", "[a-"}}, sp + ".include", `"[a-" is not a valid glob pattern`, 0},
+		// the reader refuses it, so the config does too (one parser for both).
+		{"include empty segment", []kv{{sp + ".include", "data//x.parquet"}}, sp + ".include", "empty path segment", 0},
 		{"partition", []kv{{sp + ".partition", "newest"}}, sp + ".partition", `"newest" is not one of all, latest`, 0},
 		{"auth mode", []kv{{sp + ".auth.mode", "magic"}}, sp + ".auth.mode", `"magic" is not one of default, keys, role`, 0},
 		{"auth keys needs key id", []kv{{sp + ".auth.mode", "keys"}, {sp + ".auth.secret_access_key", "secret-key-1"}}, sp + ".auth.access_key_id", "is required for auth mode keys", 0},
@@ -118,10 +120,13 @@ func TestValidationErrors(t *testing.T) {
 		{"every zero", []kv{{"syncs[0].schedule.every", "0s"}}, "syncs[0].schedule.every", "must be at least 1s", 0},
 		{"every negative", []kv{{"syncs[0].schedule.every", "-1h"}}, "syncs[0].schedule.every", "must be at least 1s", 0},
 		{"every not a duration", []kv{{"syncs[0].schedule.every", "1 hour"}}, "syncs[0].schedule.every", `must be a duration such as 30s, 5m or 1h, got "1 hour"`, 0},
-		{"every a number", []kv{{"syncs[0].schedule.every", 3600}}, "syncs[0].schedule.every", "must be a duration such as 30s, 5m or 1h, not a number", 0},
+		{"every a number", []kv{{"syncs[0].schedule.every", 3600}}, "syncs[0].schedule.every", "a bare number has no unit", 0},
 		{"cron fields", []kv{{"syncs[0].schedule.cron", "* * *"}}, "syncs[0].schedule.cron", "is not a valid 5-field cron expression", 0},
 		{"cron seconds field", []kv{{"syncs[0].schedule.cron", "0 0 * * * *"}}, "syncs[0].schedule.cron", "is not a valid 5-field cron expression", 0},
-		{"cron time zone", []kv{{"syncs[0].schedule.cron", "CRON_TZ=Europe/Oslo 0 * * * *"}}, "syncs[0].schedule.cron", "takes no time zone: schedules run in UTC", 0},
+		{"cron time zone", []kv{{"syncs[0].schedule.cron", "CRON_TZ=Europe/Oslo 0 * * * *"}}, "syncs[0].schedule.cron", "time-zone prefixes are not supported", 0},
+		// serve refuses these, so the config does too (one parser for both).
+		{"cron every", []kv{{"syncs[0].schedule.cron", "@every 5m"}}, "syncs[0].schedule.cron", "use `every:` for intervals", 0},
+		{"cron never fires", []kv{{"syncs[0].schedule.cron", "0 0 30 2 *"}}, "syncs[0].schedule.cron", "no time matches it", 0},
 		{"start without every", []kv{{"syncs[0].schedule.start", "2025-01-01T00:00:00Z"}}, "syncs[0].schedule.start", "only used with every", 0},
 		{"start not RFC 3339", []kv{{"syncs[0].schedule.every", "1h"}, {"syncs[0].schedule.start", "2025-01-01 00:00"}}, "syncs[0].schedule.start", `must be an RFC 3339 time such as 2025-01-01T00:00:00Z, got "2025-01-01 00:00"`, 0},
 
@@ -190,14 +195,14 @@ func TestValidationErrors(t *testing.T) {
 		{"source not a mapping", []kv{{sp, "s3://a/b"}}, sp, "must be a mapping of keys to values, not a string", 0},
 		{"syncs not a list", []kv{{"syncs", map[string]any{"name": "x"}}}, "syncs", "must be a list, not a mapping", 0},
 		{"fractional integer", []kv{{d0 + ".max_in_flight", 1.5}}, d0 + ".max_in_flight", "must be a whole number", 0},
-		{"integer from text", []kv{{d0 + ".batch_size", "many"}}, d0 + ".batch_size", `must be a whole number, got "many"`, 0},
+		{"integer from text", []kv{{d0 + ".batch_size", "many"}}, d0 + ".batch_size", `"many" is not a number: must be a whole number`, 0},
 		{"integer too large", []kv{{d0 + ".batch_size", 1e300}}, d0 + ".batch_size", "is too large", 0},
 		{"boolean", []kv{{mp + ".skip_nulls", "yes"}}, mp + ".skip_nulls", `must be true or false, got "yes"`, 0},
-		{"number", []kv{{d0 + ".rate_limit", "fast"}}, d0 + ".rate_limit", `must be a number, got "fast"`, 0},
+		{"number", []kv{{d0 + ".rate_limit", "fast"}}, d0 + ".rate_limit", `"fast" is not a number`, 0},
 		{"string from number", []kv{{mp + ".user_id", 12}}, mp + ".user_id", "must be a string, not a number (quote it)", 0},
 		{"rename value not a string", []kv{{mp + ".rename", map[string]any{"City": 5}}}, mp + ".rename.City", "must be a string", 0},
 		{"header value not a string", []kv{{d0, webhook()}, {d0 + ".headers", map[string]any{"X-N": true}}}, d0 + ".headers.X-N", "must be a string, not a boolean", 0},
-		{"status not a number", []kv{{d0, webhook()}, {d0 + ".non_retryable_status", []any{"teapot"}}}, d0 + ".non_retryable_status[0]", `must be a whole number, got "teapot"`, 0},
+		{"status not a number", []kv{{d0, webhook()}, {d0 + ".non_retryable_status", []any{"teapot"}}}, d0 + ".non_retryable_status[0]", `"teapot" is not a number: must be a whole number`, 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -356,5 +361,38 @@ func TestDiscoveryDefaults(t *testing.T) {
 				t.Fatalf("discovery %+v, want %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestEveryDecodeProblemAtOnce: every bad value is reported in one load, each with one
+// message whatever its neighbours, and an unset variable once.
+func TestEveryDecodeProblemAtOnce(t *testing.T) {
+	tree := baseTree()
+	set(t, tree, "state.lease_ttl", 60)
+	set(t, tree, "syncs[0].schedule.every", 5)
+	set(t, tree, sp+".limits.max_record_bytes", "three")
+	set(t, tree, "syncs[0].mapping.user_id", "${NOPE}")
+	set(t, tree, "syncs[0].mapping.anonymous_id", "${NOPE}")
+	set(t, tree, d0, map[string]any{"type": "webhook", "url": "http://x.example", "batch_size": 2.5,
+		"timeout": 10, "retry": map[string]any{"max_backoff": "3"}, "max_in_flight": "${BAD}"})
+	_, err := loadTree(t, tree, t.TempDir(), map[string]string{"BAD": "abc"})
+	ce := asConfigError(t, err)
+	want := map[string]string{
+		"state.lease_ttl":               "a bare number has no unit",
+		"syncs[0].schedule.every":       "a bare number has no unit",
+		d0 + ".timeout":                 "a bare number has no unit",
+		d0 + ".retry.max_backoff":       "a bare number has no unit",
+		sp + ".limits.max_record_bytes": `"three" is not a number`,
+		d0 + ".batch_size":              "must be a whole number",
+		d0 + ".max_in_flight":           `"abc" is not a number`, // not a secret: shown
+		"syncs[0].mapping.anonymous_id": "environment variable NOPE is not set",
+	}
+	for path, msg := range want {
+		if !ce.Has(path, msg) {
+			t.Errorf("no %q at %s:%s", msg, path, problems(err))
+		}
+	}
+	if len(ce.Errors) != len(want) {
+		t.Errorf("%d problems, want %d (one per value, NOPE once):%s", len(ce.Errors), len(want), problems(err))
 	}
 }

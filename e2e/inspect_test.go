@@ -48,8 +48,8 @@ func TestSchemaJSON(t *testing.T) {
 	if d.More() {
 		t.Errorf("schema --json printed more than one JSON value:\n%s", r.Stdout)
 	}
-	if got := keysOf(top); !slices.Equal(got, []string{"columns", "files", "skipped", "sync"}) {
-		t.Errorf("top-level keys %v, want columns, files, skipped, sync", got)
+	if got := keysOf(top); !slices.Equal(got, []string{"columns", "files", "schema_from", "skipped", "sync"}) {
+		t.Errorf("top-level keys %v, want columns, files, schema_from, skipped, sync", got)
 	}
 	if top["sync"] != "users" {
 		t.Errorf("sync = %v", top["sync"])

@@ -37,7 +37,7 @@ func TestCheckValidatesTheMappingAgainstTheSchema(t *testing.T) {
 	c.Syncs[0].Mapping["columns"] = []string{"email", "no_such_column"}
 	w.writeConfig(c)
 	r := w.run("check")
-	if r.Code != 1 || !strings.Contains(r.Stdout, "no_such_column") {
-		t.Fatalf("check with a mapping naming a missing column: want exit 1 naming it\n%s", r)
+	if r.Code != 2 || !strings.Contains(r.Stdout, "no_such_column") {
+		t.Fatalf("check with a mapping naming a missing column: want exit 2 naming it\n%s", r)
 	}
 }

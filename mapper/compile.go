@@ -13,6 +13,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 
 	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/internal/suggest"
 )
 
 // Options configure a Mapper.
@@ -31,15 +32,14 @@ type Options struct {
 	SkipKeys bool
 }
 
-// ConfigError is a mapping that does not fit the schema, or contradicts itself.
-type ConfigError struct {
-	// Path names the offending setting: mapping.user_id, mapping.columns[2],
-	// mapping.rename.city, mapping.constants.source.
-	Path string
-	Msg  string
-}
+// ConfigError is a mapping that does not fit the schema, or contradicts itself: the
+// configuration's own error type (one type for every configuration problem), its Path
+// naming the offending setting: mapping.user_id, mapping.columns[2],
+// mapping.rename.city, mapping.constants.source.
+type ConfigError = config.FieldError
 
-func (e *ConfigError) Error() string { return e.Path + ": " + e.Msg }
+// configError builds the *ConfigError of the setting at path.
+func configError(path, msg string) *ConfigError { return &ConfigError{Path: path, Msg: msg} }
 
 // Mapper maps the records of one sync. It is immutable once built: Map may be called from
 // several goroutines at once.
@@ -162,30 +162,32 @@ func (c *compiler) compile() error {
 	switch mp.Type {
 	case "identify", "track", "group":
 	case "":
-		return &ConfigError{"mapping.type", "required: identify, track or group"}
+		return configError("mapping.type", "required: identify, track or group")
 	default:
-		return &ConfigError{"mapping.type", fmt.Sprintf("%q is not identify, track or group", mp.Type)}
+		return configError("mapping.type", fmt.Sprintf("%q is not identify, track or group", mp.Type))
 	}
 	if mp.UserID == "" && mp.AnonymousID == "" {
-		return &ConfigError{"mapping.user_id", "at least one of user_id and anonymous_id is required"}
+		return configError("mapping.user_id", "at least one of user_id and anonymous_id is required")
 	}
 	switch {
 	case mp.Type == "group" && mp.GroupID == "":
-		return &ConfigError{"mapping.group_id", "required for type group"}
+		return configError("mapping.group_id", "required for type group")
 	case mp.Type != "group" && mp.GroupID != "":
-		return &ConfigError{"mapping.group_id", "only used with type group"}
+		return configError("mapping.group_id", "only used with type group")
 	case mp.Type == "track" && mp.Event == "" && mp.EventColumn == "":
-		return &ConfigError{"mapping.event", "type track needs event (a constant name) or event_column"}
+		return configError("mapping.event", "type track needs event (a constant name) or event_column")
 	case mp.Type == "track" && mp.Event != "" && mp.EventColumn != "":
-		return &ConfigError{"mapping.event_column", "set either event or event_column, not both"}
+		return configError("mapping.event_column", "set either event or event_column, not both")
 	case mp.Type != "track" && mp.Event != "":
-		return &ConfigError{"mapping.event", "only used with type track"}
+		return configError("mapping.event", "only used with type track")
 	case mp.Type != "track" && mp.EventColumn != "":
-		return &ConfigError{"mapping.event_column", "only used with type track"}
+		return configError("mapping.event_column", "only used with type track")
 	}
 	m.event = mp.Event
 
 	used := map[int]string{} // schema index -> the mapping key using it
+	// Columns the schema lacks are all reported at once: three typos, one run.
+	var missing []error
 	for _, f := range []struct {
 		role, name string
 		dst        **sourceColumn
@@ -204,14 +206,15 @@ func (c *compiler) compile() error {
 		path := "mapping." + f.role
 		i, err := c.lookup(f.name)
 		if err != nil {
-			return &ConfigError{path, err.Error()}
+			missing = append(missing, configError(path, err.Error()))
+			continue
 		}
 		t := c.schema.Field(i).Type
 		if !f.ok(t) {
-			return &ConfigError{path, fmt.Sprintf("column %q is %s; %s", f.name, t, f.want)}
+			return configError(path, fmt.Sprintf("column %q is %s; %s", f.name, t, f.want))
 		}
 		if prev := used[i]; identifierRole(prev) && identifierRole(f.role) {
-			return &ConfigError{path, fmt.Sprintf("column %q is already %s; one column cannot be two identifiers", f.name, prev)}
+			return configError(path, fmt.Sprintf("column %q is already %s; one column cannot be two identifiers", f.name, prev))
 		}
 		*f.dst = &sourceColumn{name: f.name, index: i, typ: t, role: f.role}
 		if used[i] == "" {
@@ -233,10 +236,11 @@ func (c *compiler) compile() error {
 			path := fmt.Sprintf("mapping.columns[%d]", j)
 			i, err := c.lookup(name)
 			if err != nil {
-				return &ConfigError{path, err.Error()}
+				missing = append(missing, configError(path, err.Error()))
+				continue
 			}
 			if k, dup := seen[i]; dup {
-				return &ConfigError{path, fmt.Sprintf("column %q is already listed at columns[%d]", name, k)}
+				return configError(path, fmt.Sprintf("column %q is already listed at columns[%d]", name, k))
 			}
 			seen[i] = j
 			selected = append(selected, i)
@@ -247,7 +251,8 @@ func (c *compiler) compile() error {
 	for _, i := range selected {
 		f := c.schema.Field(i)
 		if byName[f.Name] {
-			return &ConfigError{"mapping.columns", fmt.Sprintf("column %q appears more than once in the schema", f.Name)}
+			missing = append(missing, configError("mapping.columns", fmt.Sprintf("column %q appears more than once in the schema", f.Name)))
+			continue
 		}
 		byName[f.Name] = true
 		m.body = append(m.body, sourceColumn{name: f.Name, index: i, typ: f.Type})
@@ -261,12 +266,17 @@ func (c *compiler) compile() error {
 		i, err := c.lookup(name)
 		switch {
 		case err != nil:
-			return &ConfigError{path, err.Error()}
+			missing = append(missing, configError(path, err.Error()))
+			continue
 		case used[i] != "" && len(mp.Columns) == 0:
-			return &ConfigError{path, fmt.Sprintf("column %q is the %s column, left out of the %s unless listed in columns", name, used[i], c.bodyName())}
+			return configError(path, fmt.Sprintf("column %q is the %s column, left out of the %s unless listed in columns", name, used[i], c.bodyName()))
 		default:
-			return &ConfigError{path, fmt.Sprintf("column %q is not among the selected columns", name)}
+			return configError(path, fmt.Sprintf("column %q is not among the selected columns", name))
 		}
+	}
+
+	if len(missing) > 0 {
+		return errors.Join(missing...)
 	}
 
 	// The traits/properties tree: the columns, then the constants.
@@ -278,7 +288,7 @@ func (c *compiler) compile() error {
 			origin = fmt.Sprintf("column %q renamed to %q", col.name, to)
 			var err error
 			if segments, err = splitKey(to); err != nil {
-				return &ConfigError{path, err.Error()}
+				return configError(path, err.Error())
 			}
 		}
 		if err := c.insert(segments, &node{col: j, origin: origin, path: path, user: user}); err != nil {
@@ -289,7 +299,7 @@ func (c *compiler) compile() error {
 		path := "mapping.constants." + key
 		segments, err := splitKey(key)
 		if err != nil {
-			return &ConfigError{path, err.Error()}
+			return configError(path, err.Error())
 		}
 		v := mp.Constants[key]
 		if v == nil && mp.SkipNulls {
@@ -297,7 +307,7 @@ func (c *compiler) compile() error {
 		}
 		raw, err := encodeConstant(v)
 		if err != nil {
-			return &ConfigError{path, err.Error()}
+			return configError(path, err.Error())
 		}
 		if err := c.insert(segments, &node{col: -1, value: raw, origin: fmt.Sprintf("constant %q", key), path: path, user: true}); err != nil {
 			return err
@@ -335,7 +345,7 @@ func (c *compiler) lookup(name string) (int, error) {
 		names[i] = c.schema.Field(i).Name
 	}
 	msg := fmt.Sprintf("no column %q in the schema", name)
-	if best := closest(name, names); best != "" {
+	if best := suggest.Closest(name, names); best != "" {
 		return 0, fmt.Errorf("%s (did you mean %q?)", msg, best)
 	}
 	if len(names) == 0 {
@@ -393,7 +403,7 @@ func collision(added, existing *node, msg string) error {
 	if !added.user && existing.user {
 		path = existing.path
 	}
-	return &ConfigError{path, msg}
+	return configError(path, msg)
 }
 
 // splitKey splits a dotted key into its segments, none of which may be empty.
@@ -453,39 +463,6 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
-}
-
-// closest returns the name nearest to name by edit distance (case-insensitive) when it is
-// near enough to be a likely typo, else "".
-func closest(name string, names []string) string {
-	best, bestD := "", max(2, len(name)/3)+1
-	for _, n := range names {
-		if d := editDistance(strings.ToLower(name), strings.ToLower(n)); d < bestD {
-			best, bestD = n, d
-		}
-	}
-	return best
-}
-
-func editDistance(a, b string) int {
-	ra, rb := []rune(a), []rune(b)
-	prev := make([]int, len(rb)+1)
-	cur := make([]int, len(rb)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(ra); i++ {
-		cur[0] = i
-		for j := 1; j <= len(rb); j++ {
-			cost := 1
-			if ra[i-1] == rb[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(rb)]
 }
 
 // idType reports whether a column of type t can hold identifiers or event names: text,

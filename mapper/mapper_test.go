@@ -565,3 +565,19 @@ func TestCorruptRecord(t *testing.T) {
 		}
 	}
 }
+
+// Every column the schema lacks is reported by one New: three typos, one run.
+func TestNewReportsEveryMissingColumn(t *testing.T) {
+	schema := arrow.NewSchema([]arrow.Field{{Name: "id", Type: arrow.BinaryTypes.String}, {Name: "email", Type: arrow.BinaryTypes.String}}, nil)
+	_, err := New(Options{Schema: schema, Mapping: config.Mapping{Type: "identify", UserID: "idd",
+		Columns: []string{"emial", "plan"}, Rename: map[string]string{"cty": "address.city"}}})
+	for _, want := range []string{"mapping.user_id: ", "mapping.columns[0]: ", `"emial"`, "mapping.columns[1]: ", "mapping.rename.cty: "} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v lacks %q", err, want)
+		}
+	}
+	var ce *ConfigError
+	if !errors.As(err, &ce) {
+		t.Errorf("%v is no *ConfigError", err)
+	}
+}

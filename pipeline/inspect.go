@@ -9,10 +9,10 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/apache/arrow-go/v18/arrow"
-
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
+	"github.com/backflowhq/backflow/internal/render"
+	"github.com/backflowhq/backflow/internal/suggest"
 	"github.com/backflowhq/backflow/mapper"
 	"github.com/backflowhq/backflow/reader"
 	"github.com/backflowhq/backflow/schema"
@@ -21,10 +21,12 @@ import (
 
 // SchemaReport is what `backflow schema` prints.
 type SchemaReport struct {
-	Sync    string           `json:"sync"`
-	Columns []schema.Column  `json:"columns"`
-	Files   []FileInfo       `json:"files"`
-	Skipped []reader.Skipped `json:"skipped"`
+	Sync string `json:"sync"`
+	// SchemaFrom is the file the sync's schema was read from: the first valid one.
+	SchemaFrom string           `json:"schema_from,omitempty"`
+	Columns    []schema.Column  `json:"columns"`
+	Files      []FileInfo       `json:"files"`
+	Skipped    []reader.Skipped `json:"skipped"`
 }
 
 // FileInfo is one file's validation result.
@@ -35,6 +37,8 @@ type FileInfo struct {
 	RowGroups int    `json:"row_groups,omitempty"`
 	Valid     bool   `json:"valid"`
 	Error     string `json:"error,omitempty"`
+	// Differences are every difference from the sync's schema, when there are some.
+	Differences []string `json:"differences,omitempty"`
 }
 
 // Invalid counts the files that failed validation.
@@ -80,10 +84,17 @@ func openChecked(ctx context.Context, src reader.Source, obj reader.Object, limi
 	}
 	s, err := schema.Check(ctx, f, limits, want)
 	if err != nil {
-		f.Close()
-		return nil, nil, err
+		// The file is open and its footer read: `schema` still shows its rows.
+		return f, nil, err
 	}
 	return f, s, nil
+}
+
+// closeIf closes f when it is open.
+func closeIf(f *reader.File) {
+	if f != nil {
+		f.Close()
+	}
 }
 
 // isSourceFailure tells errors that concern the whole source (credentials, network) from
@@ -111,12 +122,20 @@ func Inspect(ctx context.Context, sync *config.Sync, o InspectOptions) (*SchemaR
 	info := func(i int, f *reader.File, err error) {
 		obj := listing.Objects[i]
 		fi := FileInfo{Key: obj.Key, Size: obj.Size}
-		if err != nil {
-			fi.Error = err.Error()
-		} else {
-			fi.Valid = true
+		if f != nil { // read, even when it fails a check
 			fi.Rows = f.NumRows()
 			fi.RowGroups = f.NumRowGroups()
+		}
+		fi.Valid = err == nil
+		var fe *schema.FileError
+		switch {
+		case errors.As(err, &fe):
+			fi.Error = fe.Full()
+			if len(fe.Differences) > 0 {
+				fi.Differences = fe.Differences
+			}
+		case err != nil:
+			fi.Error = err.Error()
 		}
 		rep.Files[i] = fi
 	}
@@ -125,11 +144,12 @@ func Inspect(ctx context.Context, sync *config.Sync, o InspectOptions) (*SchemaR
 	for i, obj := range listing.Objects {
 		f, s, err := openChecked(ctx, src, obj, sync.Source.Limits, nil, o)
 		if err != nil && isSourceFailure(err) {
+			closeIf(f)
 			return nil, err
 		}
 		info(i, f, err)
+		closeIf(f)
 		if err == nil {
-			f.Close()
 			want = s
 			first = i
 			break
@@ -137,6 +157,7 @@ func Inspect(ctx context.Context, sync *config.Sync, o InspectOptions) (*SchemaR
 	}
 	if want != nil {
 		rep.Columns = want.Columns
+		rep.SchemaFrom = want.Origin
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(o.Concurrency)
@@ -144,12 +165,11 @@ func Inspect(ctx context.Context, sync *config.Sync, o InspectOptions) (*SchemaR
 		g.Go(func() error {
 			f, _, err := openChecked(gctx, src, listing.Objects[i], sync.Source.Limits, want, o)
 			if err != nil && isSourceFailure(err) {
+				closeIf(f)
 				return err
 			}
 			info(i, f, err)
-			if f != nil {
-				f.Close()
-			}
+			closeIf(f)
 			return nil
 		})
 	}
@@ -208,6 +228,7 @@ func Preview(ctx context.Context, sync *config.Sync, o PreviewOptions) (*Preview
 		}
 		f, s, err := openChecked(ctx, src, obj, sync.Source.Limits, want, o.InspectOptions)
 		if err != nil {
+			closeIf(f)
 			if isSourceFailure(err) {
 				return nil, err
 			}
@@ -222,9 +243,13 @@ func Preview(ctx context.Context, sync *config.Sync, o PreviewOptions) (*Preview
 			})
 			if err != nil {
 				f.Close()
-				return nil, &ConfigError{Err: fmt.Errorf("sync %s: %w", sync.Name, err)}
+				return nil, newConfigError(fmt.Errorf("sync %s, whose schema is from %s: %w", sync.Name, s.Origin, err))
 			}
-			cols, res.Columns = previewColumns(s.Arrow, sync.Mapping, m, o.Columns, o.Search)
+			cols, res.Columns, err = previewColumns(s, sync.Mapping, m, o.Columns, o.Search)
+			if err != nil {
+				f.Close()
+				return nil, err
+			}
 		}
 		rec, err := f.ReadFirstRows(ctx, int64(o.Rows-len(res.Rows)))
 		if err != nil {
@@ -264,7 +289,7 @@ func Preview(ctx context.Context, sync *config.Sync, o PreviewOptions) (*Preview
 
 // previewColumns picks the table's columns: the identifier columns and the mapped ones,
 // narrowed by --columns and --search.
-func previewColumns(s *arrow.Schema, mp config.Mapping, m *mapper.Mapper, only []string, search string) ([]int, []string) {
+func previewColumns(s *schema.Schema, mp config.Mapping, m *mapper.Mapper, only []string, search string) ([]int, []string, error) {
 	want := map[string]bool{}
 	for _, c := range []string{mp.UserID, mp.AnonymousID, mp.GroupID, mp.EventColumn, mp.Timestamp} {
 		if c != "" {
@@ -275,14 +300,32 @@ func previewColumns(s *arrow.Schema, mp config.Mapping, m *mapper.Mapper, only [
 		want[c] = true
 	}
 	if len(only) > 0 {
+		// A column asked for by name must exist: an empty table would look like no data.
+		names := make([]string, len(s.Columns))
+		for i, c := range s.Columns {
+			names[i] = c.Name
+		}
 		want = map[string]bool{}
+		var unknown []string
 		for _, c := range only {
-			want[strings.TrimSpace(c)] = true
+			c = strings.TrimSpace(c)
+			if _, ok := s.Column(c); !ok {
+				msg := fmt.Sprintf("%q", c)
+				if best := suggest.Closest(c, names); best != "" {
+					msg += fmt.Sprintf(" (did you mean %q?)", best)
+				}
+				unknown = append(unknown, msg)
+			}
+			want[c] = true
+		}
+		if len(unknown) > 0 {
+			return nil, nil, newConfigError(fmt.Errorf("--columns: no column %s in the sync's schema (from %s); column names are case-sensitive",
+				strings.Join(unknown, ", "), s.Origin))
 		}
 	}
 	var idx []int
 	var names []string
-	for i, f := range s.Fields() {
+	for i, f := range s.Arrow.Fields() {
 		if !want[f.Name] {
 			continue
 		}
@@ -292,7 +335,10 @@ func previewColumns(s *arrow.Schema, mp config.Mapping, m *mapper.Mapper, only [
 		idx = append(idx, i)
 		names = append(names, f.Name)
 	}
-	return idx, names
+	if search != "" && len(names) == 0 {
+		return nil, nil, newConfigError(fmt.Errorf("--search %q: no column name contains it (--search matches column names, not values)", search))
+	}
+	return idx, names, nil
 }
 
 // CheckResult is one line of `backflow check`.
@@ -300,6 +346,12 @@ type CheckResult struct {
 	What   string `json:"what"`
 	OK     bool   `json:"ok"`
 	Detail string `json:"detail"`
+	// Warn is worth knowing but does not fail the check: a file a run would reject,
+	// a next run that will send everything again.
+	Warn bool `json:"warn,omitempty"`
+	// Config is a failure of the configuration itself (the mapping does not fit the
+	// schema): the command line exits 2 for it, as sync and preview do.
+	Config bool `json:"config,omitempty"`
 }
 
 // Check validates what can be validated without sending data: the source is listed and
@@ -314,6 +366,7 @@ func Check(ctx context.Context, cfg *config.Config, sync *config.Sync, reg *dest
 		}
 	}
 	what := "source " + sync.Source.URL
+	var s *schema.Schema // the sync's schema, when a valid file gives one
 	src, err := reader.NewSource(ctx, sync.Source)
 	if err != nil {
 		add(what, err, "")
@@ -322,26 +375,71 @@ func Check(ctx context.Context, cfg *config.Config, sync *config.Sync, reg *dest
 	} else if len(listing.Objects) == 0 {
 		add(what, nil, fmt.Sprintf("reachable; no Parquet file yet (%d other objects skipped)", len(listing.Skipped)))
 	} else {
-		obj := listing.Objects[0]
-		f, s, err := openChecked(ctx, src, obj, sync.Source.Limits, nil, InspectOptions{BatchRows: 1, BufferBytes: 1 << 20})
-		if err != nil {
-			add(what, fmt.Errorf("%d Parquet files listed, but the first fails: %w", len(listing.Objects), err), "")
+		// The sync's schema is the first valid file's, as in a run: files before it are
+		// reported (a run rejects them and goes on), and the mapping is checked against it.
+		var bad []string
+		for _, obj := range listing.Objects {
+			f, fs, err := openChecked(ctx, src, obj, sync.Source.Limits, nil, InspectOptions{BatchRows: 1, BufferBytes: 1 << 20})
+			closeIf(f)
+			if err != nil && isSourceFailure(err) {
+				add(what, err, "")
+				return checkRest(ctx, out, sync, reg, store, version, nil)
+			}
+			if err != nil {
+				bad = append(bad, err.Error())
+				continue
+			}
+			s = fs
+			break
+		}
+		for _, e := range bad {
+			out = append(out, CheckResult{What: what, Warn: true, Detail: e + " (a run rejects this file)"})
+		}
+		if s == nil {
+			add(what, fmt.Errorf("none of the %s listed is valid", render.Plural(len(listing.Objects), "Parquet file")), "")
 		} else {
-			f.Close()
-			add(what, nil, fmt.Sprintf("%d Parquet files listed (%d skipped); %s is valid", len(listing.Objects), len(listing.Skipped), obj.Key))
-			// The mapping is checked against the schema the first file gives.
-			_, err := mapper.New(mapper.Options{Sync: sync.Name, Mapping: sync.Mapping, Schema: s.Arrow,
+			add(what, nil, fmt.Sprintf("%s listed (%d skipped); %s is valid and gives the sync's schema",
+				render.Plural(len(listing.Objects), "Parquet file"), len(listing.Skipped), s.Origin))
+			m, err := mapper.New(mapper.Options{Sync: sync.Name, Mapping: sync.Mapping, Schema: s.Arrow,
 				MaxRecordBytes: sync.Source.Limits.MaxRecordBytes, Version: version})
-			add("mapping of sync "+sync.Name, err, fmt.Sprintf("%s message with %d columns from %s", sync.Mapping.Type, len(s.Columns), obj.Key))
+			if err != nil {
+				out = append(out, CheckResult{What: "mapping of sync " + sync.Name, Config: true,
+					Detail: fmt.Sprintf("the sync's schema is from %s: %s", s.Origin, strings.ReplaceAll(err.Error(), "\n", "; "))})
+			} else {
+				add("mapping of sync "+sync.Name, nil, fmt.Sprintf("%s message with %s from %s",
+					sync.Mapping.Type, render.Plural(len(m.Columns()), "column"), s.Origin))
+			}
+		}
+	}
+	return checkRest(ctx, out, sync, reg, store, version, s)
+}
+
+// checkRest checks the state and the destinations, after the source; s is the sync's
+// schema when the source gave one. It warns when the next run will be a full sync.
+func checkRest(ctx context.Context, out []CheckResult, sync *config.Sync, reg *destinations.Registry, store state.Store, version string, s *schema.Schema) []CheckResult {
+	add := func(what string, err error, ok string) {
+		if err != nil {
+			out = append(out, CheckResult{What: what, Detail: err.Error()})
+		} else {
+			out = append(out, CheckResult{What: what, OK: true, Detail: ok})
 		}
 	}
 	if store != nil {
-		_, err := store.Load(ctx, sync.Name)
+		cp, err := store.Load(ctx, sync.Name)
 		if err == nil {
 			// A state the run cannot write would lose every acknowledgement.
 			err = store.Probe(ctx, sync.Name)
 		}
 		add("state "+store.String(), err, "reachable and writable")
+		if err == nil {
+			schemaFP := ""
+			if s != nil {
+				schemaFP = s.Fingerprint()
+			}
+			if reason := fullSyncReason(cp, sync, false, MappingFingerprint(sync), SourceFingerprint(sync), schemaFP); reason != "" && reason != ReasonFirstSync {
+				out = append(out, CheckResult{What: "next run of sync " + sync.Name, Warn: true, Detail: fullSyncWarning(reason)})
+			}
+		}
 	}
 	env := destinations.Env{Sync: sync.Name, RunID: "check", Version: version, Stdout: io.Discard}
 	for _, dc := range sync.Destinations {
@@ -360,4 +458,20 @@ func Check(ctx context.Context, cfg *config.Config, sync *config.Sync, reg *dest
 		_ = d.Close(ctx)
 	}
 	return out
+}
+
+// fullSyncWarning says what a full sync for reason means for the destinations.
+func fullSyncWarning(reason string) string {
+	msg := "will be a full sync (" + reason + "): every row is sent again"
+	switch reason {
+	case ReasonMappingChanged:
+		msg += ", as new messages with new messageIds (a changed column, rename or constant changes every message)"
+	case ReasonSchemaChanged:
+		msg += ", as the files' columns changed"
+	case ReasonSourceChanged:
+		msg += ", as the source's url, include or partition changed"
+	case ReasonModeFull:
+		msg += ": the sync's mode is full"
+	}
+	return msg
 }

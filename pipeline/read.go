@@ -99,9 +99,11 @@ func (r *run) produce(ctx context.Context, src reader.Source, files []*state.Fil
 				obj := reader.Object{Key: entry.Key, Size: entry.Size, ETag: entry.ETag, VersionID: entry.VersionID}
 				f, err := r.openFile(openCtx, src, obj)
 				if err == nil {
-					if _, cerr := schema.Check(openCtx, f, r.sync.Source.Limits, r.schema); cerr != nil {
+					if s, cerr := schema.Check(openCtx, f, r.sync.Source.Limits, r.schema); cerr != nil {
 						f.Close()
 						f, err = nil, cerr
+					} else if len(s.FirstRowNulls) > 0 {
+						r.log.Warn("null in the first row, read anyway (first_row_nulls: warn)", "key", entry.Key, "columns", s.FirstRowNulls)
 					}
 				}
 				if err != nil {
@@ -191,6 +193,7 @@ func (r *run) startFile(ctx context.Context, entry *state.File, f *reader.File, 
 	}
 
 	key := entry.Key
+	r.log.Debug("reading file", "key", key, "rows", rows, "row_groups", f.NumRowGroups())
 	of.onClose = func() {
 		onClose()
 		r.fileDone(key)
@@ -200,6 +203,9 @@ func (r *run) startFile(ctx context.Context, entry *state.File, f *reader.File, 
 	ok := true
 	for rg := 0; rg < f.NumRowGroups() && ok; rg++ {
 		n := f.RowGroupRows(rg)
+		if n > 0 && !needed(start, start+n) {
+			r.log.Debug("row group already delivered everywhere", "key", key, "row_group", rg, "rows", n)
+		}
 		if n > 0 && needed(start, start+n) {
 			of.refs.Add(1)
 			select {
@@ -260,6 +266,7 @@ func (r *run) readRowGroup(ctx context.Context, job rowGroupJob) {
 		return
 	}
 	r.obs.RowsRead(r.sync.Name, 0, bytesRead)
+	r.log.Debug("read row group", "key", job.file.entry.Key, "row_group", job.index, "rows", row-job.start, "compressed_bytes", bytesRead)
 }
 
 // recordReader is what readRowGroup reads: reader.File's row-group reader.

@@ -404,7 +404,7 @@ func (rt *retryRun) readRows(ctx context.Context, f *reader.File, rows map[int64
 			SkipKeys:       true,
 		})
 		if err != nil {
-			return &ConfigError{Err: fmt.Errorf("sync %s: %s: %w", rt.opts.Sync.Name, f.Object().Key, err)}
+			return newConfigError(fmt.Errorf("sync %s: %s: %w", rt.opts.Sync.Name, f.Object().Key, err))
 		}
 		mappers[fp] = m
 	}

@@ -69,11 +69,14 @@ type Options struct {
 }
 
 // ConfigError is a configuration problem found while starting a run (exit code 2):
-// nothing was read or sent.
-type ConfigError struct{ Err error }
+// nothing was read or sent. It is the configuration's own error type: one type for
+// every configuration problem, whoever finds it.
+type ConfigError = config.Error
 
-func (e *ConfigError) Error() string { return e.Err.Error() }
-func (e *ConfigError) Unwrap() error { return e.Err }
+// newConfigError wraps err, a problem of the configuration found at run time.
+func newConfigError(err error) *ConfigError {
+	return &ConfigError{Errors: []config.FieldError{{Msg: err.Error(), Err: err}}}
+}
 
 // NewRunID returns a run id: the UTC start time and a random suffix, safe in file names
 // and object keys.
@@ -278,7 +281,17 @@ func (r *run) run(ctx context.Context) error {
 	r.report.Files.Listed = len(listing.Objects) + len(listing.Skipped)
 	r.report.Files.Skipped = len(listing.Skipped)
 	for _, s := range listing.Skipped {
-		r.log.Warn("skipping object", "key", s.Key, "reason", s.Reason)
+		if s.Expected {
+			r.log.Info("skipping object", "key", s.Key, "reason", s.Reason)
+		} else {
+			r.log.Warn("skipping object", "key", s.Key, "reason", s.Reason)
+		}
+	}
+	if len(listing.Objects) == 0 {
+		// Not an error (an export may not have run yet), but never silent: a typo in the
+		// url or include looks exactly like this.
+		r.log.Warn("no Parquet file to read", "source", r.sync.Source.URL, "include", r.sync.Source.Include,
+			"skipped", len(listing.Skipped))
 	}
 
 	prev, err := opts.Store.Load(ctx, r.state)
@@ -318,7 +331,7 @@ func (r *run) run(ctx context.Context) error {
 			SkipKeys:       r.sync.Mode != ModeDiff,
 		})
 		if err != nil {
-			return &ConfigError{Err: fmt.Errorf("sync %s: %w", r.sync.Name, err)}
+			return newConfigError(fmt.Errorf("sync %s, whose schema is from %s: %w", r.sync.Name, r.schema.Origin, err))
 		}
 		r.mapper = m
 	}

@@ -2,9 +2,10 @@ package reader
 
 import (
 	"fmt"
-	"path"
 	"sort"
 	"strings"
+
+	"github.com/backflowhq/backflow/internal/glob"
 )
 
 // DefaultInclude is the include pattern of a source that names none.
@@ -19,7 +20,7 @@ const (
 // Filter decides which listed objects a source reads. The zero Filter reads every
 // *.parquet object at any depth.
 type Filter struct {
-	include     glob
+	include     glob.Glob
 	partition   string
 	allowHidden bool
 }
@@ -35,9 +36,12 @@ type Filter struct {
 //
 // Segments are matched with path.Match, so "?", "[a-z]" and "\" escapes work as there.
 func NewFilter(include, partition string) (Filter, error) {
-	g, err := compileGlob(include)
+	if include == "" {
+		include = DefaultInclude
+	}
+	g, err := glob.Compile(include)
 	if err != nil {
-		return Filter{}, err
+		return Filter{}, fmt.Errorf("include: %w", err)
 	}
 	switch partition {
 	case "", PartitionAll:
@@ -50,7 +54,7 @@ func NewFilter(include, partition string) (Filter, error) {
 	// Hidden paths ("_temporary/", "_SUCCESS", ".part-0.parquet") are what Spark, Hive
 	// and most writers leave while a write is in progress; they are skipped unless the
 	// pattern names such a segment itself, because then the user asked for it.
-	for _, s := range g.segs {
+	for _, s := range g.Segments() {
 		if isHidden(s) {
 			f.allowHidden = true
 		}
@@ -60,10 +64,10 @@ func NewFilter(include, partition string) (Filter, error) {
 
 // Include is the filter's include pattern.
 func (f Filter) Include() string {
-	if f.include.pattern == "" {
+	if f.include.String() == "" {
 		return DefaultInclude
 	}
-	return f.include.pattern
+	return f.include.String()
 }
 
 // Partition is the filter's partition mode.
@@ -79,11 +83,14 @@ func (f Filter) Partition() string {
 // part of every key before the relative key the glob sees ("" or ending in "/"). Apply
 // does no I/O: sources list, Apply decides.
 func (f Filter) Apply(prefix string, objs []Object) Listing {
-	if f.include.pattern == "" {
-		f.include, _ = compileGlob(DefaultInclude)
+	if f.include.String() == "" {
+		f.include, _ = glob.Compile(DefaultInclude)
 	}
 	var out Listing
 	skip := func(key, reason string) { out.Skipped = append(out.Skipped, Skipped{Key: key, Reason: reason}) }
+	expected := func(key, reason string) {
+		out.Skipped = append(out.Skipped, Skipped{Key: key, Reason: reason, Expected: true})
+	}
 
 	type kept struct {
 		obj       Object
@@ -93,7 +100,11 @@ func (f Filter) Apply(prefix string, objs []Object) Listing {
 	latest := ""
 	for _, o := range objs {
 		if ok, reason := f.Match(prefix, o.Key); !ok {
-			skip(o.Key, reason)
+			if reason == "directory marker" || strings.HasPrefix(reason, "hidden (") {
+				expected(o.Key, reason) // what writers leave beside their files: no warning
+			} else {
+				skip(o.Key, reason)
+			}
 			continue
 		}
 		rel := strings.TrimPrefix(o.Key, prefix)
@@ -137,8 +148,8 @@ func (f Filter) Apply(prefix string, objs []Object) Listing {
 // alone, as event-driven discovery needs: an empty object and partition latest are
 // decided by Apply, which sees the sizes and the whole listing.
 func (f Filter) Match(prefix, key string) (ok bool, reason string) {
-	if f.include.pattern == "" {
-		f.include, _ = compileGlob(DefaultInclude)
+	if f.include.String() == "" {
+		f.include, _ = glob.Compile(DefaultInclude)
 	}
 	rel, found := strings.CutPrefix(key, prefix)
 	switch {
@@ -152,7 +163,7 @@ func (f Filter) Match(prefix, key string) (ok bool, reason string) {
 			return false, fmt.Sprintf("hidden (%q starts with \"_\" or \".\": a temporary or marker file)", seg)
 		}
 	}
-	if !f.include.match(rel) {
+	if !f.include.Match(rel) {
 		if strings.HasSuffix(strings.ToLower(rel), ".parquet") {
 			return false, fmt.Sprintf("does not match include %q", f.Include())
 		}
@@ -174,78 +185,6 @@ func hiddenSegment(rel string) (string, bool) {
 		}
 	}
 	return "", false
-}
-
-// glob is a compiled include pattern (see NewFilter).
-type glob struct {
-	pattern string
-	base    bool     // no "/": match the base name
-	segs    []string // the pattern split on "/"
-}
-
-func compileGlob(pattern string) (glob, error) {
-	if pattern == "" {
-		pattern = DefaultInclude
-	}
-	anchored := strings.HasPrefix(pattern, "/")
-	body := strings.TrimPrefix(pattern, "/")
-	g := glob{pattern: pattern, base: !anchored && !strings.Contains(body, "/")}
-	if body == "" {
-		return glob{}, fmt.Errorf("include %q: empty pattern", pattern)
-	}
-	g.segs = strings.Split(body, "/")
-	for _, s := range g.segs {
-		if s == "" {
-			return glob{}, fmt.Errorf("include %q: empty path segment", pattern)
-		}
-		if s == "**" {
-			continue
-		}
-		// path.Match checks the whole pattern's syntax even when the name does not match.
-		if _, err := path.Match(s, ""); err != nil {
-			return glob{}, fmt.Errorf("include %q: %w", pattern, err)
-		}
-	}
-	return g, nil
-}
-
-// match reports whether rel, a slash-separated key below the prefix, matches.
-func (g glob) match(rel string) bool {
-	if g.base {
-		if g.segs[0] == "**" {
-			return true
-		}
-		ok, _ := path.Match(g.segs[0], path.Base(rel))
-		return ok
-	}
-	names := strings.Split(rel, "/")
-	// ok[j] after processing pattern segment i: segs[i:] matches names[j:]. Dynamic
-	// programming keeps patterns with many "**" linear in the key's depth.
-	np, nn := len(g.segs), len(names)
-	next := make([]bool, nn+1)
-	next[nn] = true
-	cur := make([]bool, nn+1)
-	for i := np - 1; i >= 0; i-- {
-		seg := g.segs[i]
-		for j := nn; j >= 0; j-- {
-			if seg == "**" {
-				cur[j] = next[j] || (j < nn && cur[j+1])
-				continue
-			}
-			if j == nn {
-				cur[j] = false
-				continue
-			}
-			if !next[j+1] {
-				cur[j] = false
-				continue
-			}
-			ok, _ := path.Match(seg, names[j])
-			cur[j] = ok
-		}
-		next, cur = cur, next
-	}
-	return next[0]
 }
 
 // compareNatural orders strings so that runs of digits compare as numbers:

@@ -4,6 +4,8 @@ import (
 	"path"
 	"reflect"
 	"strings"
+
+	"github.com/backflowhq/backflow/internal/glob"
 	"testing"
 )
 
@@ -79,11 +81,11 @@ func TestGlobMatch(t *testing.T) {
 		{"d**/a.parquet", "dx/y/a.parquet", false},
 	}
 	for _, c := range cases {
-		g, err := compileGlob(c.pattern)
+		g, err := glob.Compile(c.pattern)
 		if err != nil {
-			t.Fatalf("compileGlob(%q): %v", c.pattern, err)
+			t.Fatalf("glob.Compile(%q): %v", c.pattern, err)
 		}
-		if got := g.match(c.rel); got != c.want {
+		if got := g.Match(c.rel); got != c.want {
 			t.Errorf("%q matching %q = %v, want %v", c.pattern, c.rel, got, c.want)
 		}
 	}
@@ -267,20 +269,20 @@ func FuzzGlob(f *testing.F) {
 		f.Add(s[0], s[1])
 	}
 	f.Fuzz(func(t *testing.T, pattern, rel string) {
-		g, err := compileGlob(pattern)
+		g, err := glob.Compile(pattern)
 		if err != nil {
 			return
 		}
-		got := g.match(rel)
+		got := g.Match(rel)
 		hasStarStar := false
-		for _, s := range g.segs {
+		for _, s := range g.Segments() {
 			hasStarStar = hasStarStar || s == "**"
 		}
 		if hasStarStar {
 			return
 		}
 		body := strings.TrimPrefix(pattern, "/")
-		if g.base {
+		if g.MatchesBaseName() {
 			want, _ := path.Match(body, path.Base(rel))
 			if got != want {
 				t.Fatalf("base %q on %q: %v, path.Match %v", pattern, rel, got, want)
@@ -293,11 +295,11 @@ func FuzzGlob(f *testing.F) {
 			t.Fatalf("%q on %q: matched, path.Match did not", pattern, rel)
 		}
 		// "**/" in front accepts any leading folders.
-		deep, err := compileGlob("**/" + body)
+		deep, err := glob.Compile("**/" + body)
 		if err != nil {
-			t.Fatalf("compileGlob(**/%s): %v", body, err)
+			t.Fatalf("glob.Compile(**/%s): %v", body, err)
 		}
-		if got && !deep.match("x/y/"+rel) {
+		if got && !deep.Match("x/y/"+rel) {
 			t.Fatalf("%q matches %q but **/%q does not match x/y/%q", pattern, rel, body, rel)
 		}
 	})

@@ -134,7 +134,7 @@ func OpenFile(ctx context.Context, blob Blob, obj Object, opts FileOptions) (f *
 	size := blob.Size()
 	// The smallest Parquet file is "PAR1" + footer + 4-byte length + "PAR1".
 	if size < 12 {
-		return nil, corrupt(obj.Key, -1, fmt.Errorf("not a Parquet file: %d bytes is too small", size))
+		return nil, corrupt(obj.Key, -1, fmt.Errorf("not a Parquet file: %d bytes are too few for one", size))
 	}
 	tailLen := min(size, footerProbe)
 	tail := make([]byte, tailLen)

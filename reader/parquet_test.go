@@ -256,7 +256,7 @@ func TestParquetOpenFileRefuses(t *testing.T) {
 		data []byte
 		want string
 	}{
-		{"empty.parquet", nil, "not a Parquet file: 0 bytes is too small"},
+		{"empty.parquet", nil, "not a Parquet file: 0 bytes are too few for one"},
 		{"text.parquet", []byte("id,name\n1,alice\n2,bob\n"), "not a Parquet file (it does not end with the PAR1 magic bytes)"},
 		{"truncated.parquet", data[:len(data)-3], "not a Parquet file"},
 		{"encrypted.parquet", encrypted, "encrypted Parquet files are not supported"},

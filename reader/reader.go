@@ -25,6 +25,9 @@ type Object struct {
 type Skipped struct {
 	Key    string `json:"key"`
 	Reason string `json:"reason"`
+	// Expected marks what writers always leave next to the data (_SUCCESS, _temporary/,
+	// directory markers): worth a line at info, not a warning every run.
+	Expected bool `json:"-"`
 }
 
 // Listing is what a source holds.

@@ -14,6 +14,7 @@ import (
 	"github.com/robfig/cron/v3"
 
 	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/internal/cronspec"
 )
 
 // MinEvery is the shortest interval `every` accepts.
@@ -145,43 +146,14 @@ type Cron struct {
 	sched cron.Schedule
 }
 
-// cronParser is the standard crontab syntax: minute hour day-of-month month
-// day-of-week, plus descriptors (@hourly, @daily, …).
-var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
-
-// cronProbe is the instant from which ParseCron checks that an expression ever fires.
-var cronProbe = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
-
-// ParseCron parses a 5-field cron expression (or @hourly, @daily, @weekly, @monthly,
-// @yearly, @midnight). Time-zone prefixes are refused: backflow's cron is UTC, so a
-// schedule means the same on every machine. `@every` is refused too: that is what the
-// `every` field is for.
-func ParseCron(expr string) (c Cron, err error) {
-	expr = strings.TrimSpace(expr)
-	switch {
-	case expr == "":
-		return Cron{}, errors.New("empty expression")
-	case strings.HasPrefix(expr, "TZ=") || strings.HasPrefix(expr, "CRON_TZ="):
-		return Cron{}, fmt.Errorf("%q: time-zone prefixes are not supported; cron expressions are in UTC", expr)
-	case strings.HasPrefix(expr, "@every"):
-		return Cron{}, fmt.Errorf("%q: use `every:` for intervals", expr)
-	}
-	// The cron library has panicked on malformed input before; a config typo must be
-	// an error, never a crash.
-	defer func() {
-		if r := recover(); r != nil {
-			c, err = Cron{}, fmt.Errorf("%q: invalid expression", expr)
-		}
-	}()
-	s, err := cronParser.Parse(expr)
+// ParseCron parses a cron expression with the rules config validation uses too
+// (cronspec.Parse): 5 fields or a descriptor, UTC, no @every, one that fires.
+func ParseCron(expr string) (Cron, error) {
+	s, err := cronspec.Parse(expr)
 	if err != nil {
-		return Cron{}, fmt.Errorf("%q: %w", expr, err)
+		return Cron{}, err
 	}
-	c = Cron{expr: expr, sched: s}
-	if c.Next(cronProbe).IsZero() {
-		return Cron{}, fmt.Errorf("%q: no time matches it within five years", expr)
-	}
-	return c, nil
+	return Cron{expr: strings.TrimSpace(expr), sched: s}, nil
 }
 
 // Next returns the first time after after that matches the expression, read in UTC,

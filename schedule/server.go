@@ -3,15 +3,12 @@ package schedule
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"regexp"
 	"slices"
 	"sync"
 	"time"
@@ -22,11 +19,11 @@ import (
 	"github.com/backflowhq/backflow/state"
 )
 
-// Defaults for the Options left at zero (they match serve's documented defaults).
+// Defaults for the Options left at zero: the configuration's, one value each.
 const (
-	DefaultMaxConcurrentRuns = 4
-	DefaultHistory           = 20
-	DefaultShutdownGrace     = 30 * time.Second
+	DefaultMaxConcurrentRuns = config.DefaultMaxConcurrentRuns
+	DefaultHistory           = config.DefaultHistory
+	DefaultShutdownGrace     = config.DefaultShutdownGrace
 	// DefaultHistoryRefresh keeps pages and /syncs within half a second of the runs of
 	// other replicas, without one store read per request when many are made.
 	DefaultHistoryRefresh = 500 * time.Millisecond
@@ -176,8 +173,6 @@ type historyEntry struct {
 	report  json.RawMessage
 }
 
-var syncName = regexp.MustCompile(`^[a-z0-9_-]+$`)
-
 // NewServer checks opts and parses every sync's schedule. Schedules given as `every`
 // without `start` are anchored at the Unix epoch, so that every replica (and every
 // restart) has the same due times: the first run is the first multiple of the interval
@@ -219,7 +214,7 @@ func NewServer(opts Options) (*Server, error) {
 	}
 	start := s.now()
 	for i, sc := range opts.Syncs {
-		if !syncName.MatchString(sc.Name) {
+		if !config.ValidName(sc.Name) {
 			return nil, fmt.Errorf("syncs[%d].name: %q must match [a-z0-9_-]+", i, sc.Name)
 		}
 		if _, dup := s.byName[sc.Name]; dup {
@@ -276,7 +271,7 @@ func (s *Server) trigger(st *syncState, full bool, how string, due time.Time) (s
 		return st.cur.id, false, fmt.Errorf("%s: %w (run %s)", st.name, ErrRunning, st.cur.id)
 	}
 	now := s.now()
-	cur := &current{id: newRunID(now), trigger: how, full: full, queuedAt: now, slot: due}
+	cur := &current{id: pipeline.NewRunID(now), trigger: how, full: full, queuedAt: now, slot: due}
 	slot := false
 	select {
 	case s.sem <- struct{}{}:
@@ -748,14 +743,6 @@ func withRunID(ctx context.Context, id string) context.Context {
 func RunID(ctx context.Context) string {
 	id, _ := ctx.Value(runIDKey{}).(string)
 	return id
-}
-
-// newRunID is sortable by time and unique enough across restarts:
-// 20250414T112345Z-3f9a1c2b. It contains only [0-9A-Za-z-], so it is safe in object keys.
-func newRunID(t time.Time) string {
-	var b [4]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
-	return t.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:])
 }
 
 func unixSeconds(t time.Time) float64 {

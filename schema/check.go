@@ -17,6 +17,22 @@ type FileError struct {
 	RowGroup int    // -1: the failure is not about one row group
 	Column   string // "": the failure is not about one column
 	Reason   string
+	// Differences are every schema difference of the file, each as Detail words it,
+	// when the file differs from the sync's schema; Reason words the first only.
+	Differences []string
+}
+
+// Detail is the error without the key: the row group, column and reason.
+func (e *FileError) Detail() string {
+	return strings.TrimPrefix(e.Error(), e.Key+": ")
+}
+
+// Full is the error with every schema difference, for `backflow schema`.
+func (e *FileError) Full() string {
+	if len(e.Differences) < 2 {
+		return e.Error()
+	}
+	return e.Key + ": " + strings.Join(e.Differences, "; ")
 }
 
 // Error is one line naming the key, then the row group and column when there are
@@ -51,8 +67,10 @@ func IsInvalid(err error) bool {
 //     limits.MaxRowGroupBytes (0 means no limit);
 //  2. from the footer, no two top-level columns share a name, and when want is not
 //     nil, f has the same columns as want by name and type (order does not matter);
-//  3. from the first row, no top-level column is null (empty strings are fine). A file
-//     with no rows is valid: it has no first row to check.
+//  3. from the first row, no top-level column is null (empty strings are fine), unless
+//     limits.FirstRowNulls is warn: then the columns are listed in the schema's
+//     FirstRowNulls for the caller to warn about. A file with no rows is valid: it has
+//     no first row to check.
 //
 // It returns f's schema. A file that fails gives a *FileError naming the key and the
 // row group or column; a file that cannot be read gives a *reader.ParquetError; other
@@ -86,8 +104,17 @@ func Check(ctx context.Context, f *reader.File, limits config.Limits, want *Sche
 		}
 	}
 
-	if err := checkFirstRow(ctx, f, got); err != nil {
+	got.Origin = key
+	nulls, err := checkFirstRow(ctx, f, got)
+	if err != nil {
 		return nil, err
+	}
+	if len(nulls) > 0 {
+		if limits.FirstRowNulls != config.FirstRowNullsWarn {
+			return nil, &FileError{Key: key, RowGroup: -1, Column: nulls[0],
+				Reason: "null in the first row (source.limits.first_row_nulls: warn accepts such a file)"}
+		}
+		got.FirstRowNulls = nulls
 	}
 	return got, nil
 }
@@ -134,63 +161,76 @@ func checkRowGroups(f *reader.File, limit int64) error {
 }
 
 // compare returns a *FileError for the first difference between got and want (in
-// want's column order, then the columns want lacks), saying how many more there are.
+// want's column order, then the columns want lacks), saying how many more there are;
+// its Differences list them all. Every message names the file the sync's schema came
+// from: when a stray file became the schema, that is the file to look at.
 func compare(key string, got, want *Schema) error {
+	from := "the sync's schema"
+	if want.Origin != "" {
+		from += ", from " + want.Origin + ","
+	}
 	var diffs []*FileError
 	for _, w := range want.Columns {
 		g, ok := got.Column(w.Name)
 		switch {
 		case !ok:
 			diffs = append(diffs, &FileError{Key: key, RowGroup: -1, Column: w.Name,
-				Reason: fmt.Sprintf("missing from the file (the sync's schema has %s)", w.TypeName())})
+				Reason: fmt.Sprintf("missing from the file (%s has %s)", from, w.TypeName())})
 		case g.TypeName() != w.TypeName():
 			diffs = append(diffs, &FileError{Key: key, RowGroup: -1, Column: w.Name,
-				Reason: fmt.Sprintf("type %s, the sync's schema has %s", g.TypeName(), w.TypeName())})
+				Reason: fmt.Sprintf("type %s, %s has %s", g.TypeName(), from, w.TypeName())})
 		}
 	}
 	for _, g := range got.Columns {
 		if _, ok := want.Column(g.Name); !ok {
 			diffs = append(diffs, &FileError{Key: key, RowGroup: -1, Column: g.Name,
-				Reason: fmt.Sprintf("not in the sync's schema (%s)", g.TypeName())})
+				Reason: fmt.Sprintf("not in %s (%s)", strings.TrimSuffix(from, ","), g.TypeName())})
 		}
 	}
-	switch len(diffs) {
-	case 0:
+	if len(diffs) == 0 {
 		return nil
-	case 1:
-		return diffs[0]
-	case 2:
-		diffs[0].Reason += " (and 1 more schema difference)"
-	default:
-		diffs[0].Reason += fmt.Sprintf(" (and %d more schema differences)", len(diffs)-1)
 	}
-	return diffs[0]
+	first := *diffs[0]
+	for _, d := range diffs {
+		first.Differences = append(first.Differences, d.Detail())
+	}
+	switch len(diffs) {
+	case 1:
+	case 2:
+		first.Reason += " (and 1 more schema difference)"
+	default:
+		first.Reason += fmt.Sprintf(" (and %d more schema differences)", len(diffs)-1)
+	}
+	return &first
 }
 
-func checkFirstRow(ctx context.Context, f *reader.File, s *Schema) error {
+// checkFirstRow returns the columns null in the first row; errors are the file's
+// corruption or the source's.
+func checkFirstRow(ctx context.Context, f *reader.File, s *Schema) ([]string, error) {
 	if f.NumRows() == 0 {
-		return nil
+		return nil, nil
 	}
 	rec, err := f.ReadFirstRows(ctx, 1)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer rec.Release()
 	key := f.Object().Key
 	if rec.NumRows() != 1 {
-		return &reader.ParquetError{Key: key, RowGroup: -1,
+		return nil, &reader.ParquetError{Key: key, RowGroup: -1,
 			Err: fmt.Errorf("corrupt data: the footer says %d rows, the first row could not be read", f.NumRows())}
 	}
 	if int(rec.NumCols()) != len(s.Columns) {
-		return &reader.ParquetError{Key: key, RowGroup: -1,
+		return nil, &reader.ParquetError{Key: key, RowGroup: -1,
 			Err: fmt.Errorf("corrupt data: %d columns read, the schema has %d", rec.NumCols(), len(s.Columns))}
 	}
+	var nulls []string
 	for i, c := range s.Columns {
 		if rec.Column(i).IsNull(0) {
-			return &FileError{Key: key, RowGroup: -1, Column: c.Name, Reason: "null in the first row"}
+			nulls = append(nulls, c.Name)
 		}
 	}
-	return nil
+	return nulls, nil
 }
 
 // FormatBytes shows a byte count the way validation messages do: "612.0 MiB".

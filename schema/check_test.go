@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 
+	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/reader"
 	"github.com/backflowhq/backflow/schema"
 )
@@ -118,17 +120,17 @@ func TestCheckSchemaDifferences(t *testing.T) {
 	}{
 		{"missing", fields(field("id", arrow.PrimitiveTypes.Int64), field("age", arrow.PrimitiveTypes.Int64)),
 			`[{"id": 1, "age": 3}]`, "email",
-			`users/missing.parquet: column "email": missing from the file (the sync's schema has utf8)`},
+			`users/missing.parquet: column "email": missing from the file (the sync's schema, from users/a.parquet, has utf8)`},
 		{"extra", fields(field("id", arrow.PrimitiveTypes.Int64), field("email", arrow.BinaryTypes.String),
 			field("age", arrow.PrimitiveTypes.Int64), field("nickname", arrow.BinaryTypes.String)),
 			`[{"id": 1, "email": "x", "age": 3, "nickname": "z"}]`, "nickname",
-			`users/extra.parquet: column "nickname": not in the sync's schema (utf8)`},
+			`users/extra.parquet: column "nickname": not in the sync's schema, from users/a.parquet (utf8)`},
 		{"changed", fields(field("id", arrow.PrimitiveTypes.Int64), field("email", arrow.BinaryTypes.String), field("age", arrow.PrimitiveTypes.Int32)),
 			`[{"id": 1, "email": "x", "age": 3}]`, "age",
-			`users/changed.parquet: column "age": type int32, the sync's schema has int64`},
+			`users/changed.parquet: column "age": type int32, the sync's schema, from users/a.parquet, has int64`},
 		{"several", fields(field("id", arrow.BinaryTypes.String), field("nickname", arrow.BinaryTypes.String)),
 			`[{"id": "1", "nickname": "z"}]`, "id",
-			`users/several.parquet: column "id": type utf8, the sync's schema has int64 (and 3 more schema differences)`},
+			`users/several.parquet: column "id": type utf8, the sync's schema, from users/a.parquet, has int64 (and 3 more schema differences)`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := writeJSON(t, dir, tc.name+".parquet", tc.sc, tc.rows, writeOpts{})
@@ -137,6 +139,18 @@ func TestCheckSchemaDifferences(t *testing.T) {
 				t.Fatalf("got  %q\nwant %q", fe, tc.msg)
 			}
 		})
+	}
+	// Full words every difference, for `backflow schema`.
+	fe := checkErr(t, writeJSON(t, dir, "all.parquet", fields(field("id", arrow.BinaryTypes.String), field("nickname", arrow.BinaryTypes.String)),
+		`[{"id": "1", "nickname": "z"}]`, writeOpts{}), 1<<30, want)
+	full := fe.Full()
+	for _, w := range []string{`column "id": type utf8`, `column "email": missing`, `column "age": missing`, `column "nickname": not in`} {
+		if !strings.Contains(full, w) {
+			t.Errorf("Full() = %q, lacks %q", full, w)
+		}
+	}
+	if len(fe.Differences) != 4 {
+		t.Errorf("Differences = %q, want 4", fe.Differences)
 	}
 }
 
@@ -175,11 +189,22 @@ func TestCheckNullFirstRow(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			path := writeJSON(t, dir, c.name+".parquet", sc, allTypesRows(2, 0, i), writeOpts{storeSchema: true})
 			fe := checkErr(t, path, 1<<30, nil)
-			want := fmt.Sprintf("users/%s.parquet: column %q: null in the first row", c.name, c.name)
+			want := fmt.Sprintf("users/%s.parquet: column %q: null in the first row (source.limits.first_row_nulls: warn accepts such a file)", c.name, c.name)
 			if fe.Error() != want || fe.Column != c.name {
 				t.Fatalf("got  %q\nwant %q", fe, want)
 			}
 		})
+	}
+	// first_row_nulls: warn lets the file through and names the columns.
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	f := mustOpen(t, writeJSON(t, dir, "warn.parquet", sc, allTypesRows(2, 0, 0), writeOpts{}), mem)
+	l := limits(1 << 30)
+	l.FirstRowNulls = config.FirstRowNullsWarn
+	s, err := schema.Check(t.Context(), f, l, nil)
+	f.Close()
+	mem.AssertSize(t, 0)
+	if err != nil || !slices.Equal(s.FirstRowNulls, []string{allTypes[0].name}) || s.Origin != "users/warn.parquet" {
+		t.Fatalf("first_row_nulls warn: err %v, FirstRowNulls %q, Origin %q", err, s.FirstRowNulls, s.Origin)
 	}
 	// A null in the second row is fine: only the first row is checked.
 	checkOK(t, writeJSON(t, dir, "second.parquet", sc, allTypesRows(2, 1, 0), writeOpts{}), nil)

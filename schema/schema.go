@@ -16,4 +16,10 @@ type Column struct {
 type Schema struct {
 	Columns []Column      `json:"columns"`
 	Arrow   *arrow.Schema `json:"-"`
+	// Origin is the key of the file the schema was read from: every message about the
+	// sync's schema names it, so that a stray file that became the schema is found.
+	Origin string `json:"-"`
+	// FirstRowNulls are the columns null in the file's first row, when the limits let
+	// such a file through (first_row_nulls: warn); the caller warns about them.
+	FirstRowNulls []string `json:"-"`
 }

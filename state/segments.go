@@ -486,9 +486,9 @@ func parseEntry(b []byte, f *File) bool {
 
 // appendEntry appends f as the line encoding/json would write (but for the order of
 // the destinations), in the shape parseEntry reads, or returns nil when f does not fit
-// that shape (ranges, a deletion time, a string that is not printable ASCII).
+// that shape (ranges, a string that is not printable ASCII).
 func appendEntry(b []byte, f *File) []byte {
-	if f.AckedRanges != nil || f.Deleted != nil || f.Key == "" || f.Size < 0 || f.Rows < 0 {
+	if f.AckedRanges != nil || f.Key == "" || f.Size < 0 || f.Rows < 0 {
 		return nil
 	}
 	var ok bool

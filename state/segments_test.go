@@ -418,13 +418,12 @@ func FuzzSegmentLine(f *testing.F) {
 // TestSegmentRoundTripOddEntries: entries the fast path does not read (ranges, deletion
 // times, escapes) round-trip through encoding/json.
 func TestSegmentRoundTripOddEntries(t *testing.T) {
-	deleted := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 	files := map[string]*File{}
 	for _, f := range []*File{
 		{Key: "plain", Size: 1, ETag: `"e"`, Rows: 3, Acked: map[string]int64{"a": 3, "b": 0}},
 		{Key: `q"uo\te`, Size: 2, Rows: 3, Acked: map[string]int64{}},
 		{Key: "ctl\x01\u2028<&>é", VersionID: "v1", Rows: 5, Acked: map[string]int64{"a": 1},
-			AckedRanges: map[string][][2]int64{"a": {{2, 4}}}, Deleted: &deleted},
+			AckedRanges: map[string][][2]int64{"a": {{2, 4}}}},
 	} {
 		files[f.Key] = f
 	}
@@ -464,13 +463,12 @@ func TestAppendEntryIsJSON(t *testing.T) {
 // TestHeadFastEncoding: a format-2 head, written with the fast encoder, reads back with
 // encoding/json exactly, odd keys and entries included.
 func TestHeadFastEncoding(t *testing.T) {
-	deleted := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 	files := map[string]*File{}
 	for _, f := range []*File{
 		{Key: "plain", Size: 1, ETag: `"e"`, Rows: 3, Acked: map[string]int64{"a": 3, "b": 0}},
 		{Key: `q"uo\te,"files":{}`, Size: 2, Rows: 3, Acked: map[string]int64{}},
 		{Key: "ctl\x01\u2028<&>é", VersionID: "v1", Rows: 5, Acked: map[string]int64{"a": 1},
-			AckedRanges: map[string][][2]int64{"a": {{2, 4}}}, Deleted: &deleted},
+			AckedRanges: map[string][][2]int64{"a": {{2, 4}}}},
 	} {
 		files[f.Key] = f
 	}

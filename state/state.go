@@ -62,8 +62,6 @@ type File struct {
 	// destination also acknowledged (batches are acknowledged out of order): a run that
 	// stopped resends only the rows in neither.
 	AckedRanges map[string][][2]int64 `json:"acked_ranges,omitempty"`
-	// Deleted is when the file was last seen missing from the listing.
-	Deleted *time.Time `json:"deleted,omitempty"`
 }
 
 // Done tells whether every destination in dests acknowledged every row of the file.
@@ -238,10 +236,6 @@ func (f *File) Clone() *File {
 		for d, r := range f.AckedRanges {
 			out.AckedRanges[d] = append([][2]int64(nil), r...)
 		}
-	}
-	if f.Deleted != nil {
-		t := *f.Deleted
-		out.Deleted = &t
 	}
 	return &out
 }

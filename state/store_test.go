@@ -109,7 +109,6 @@ func forEachStore(t *testing.T, test func(t *testing.T, b *backend)) {
 }
 
 func sampleCheckpoint(sync string) *Checkpoint {
-	deleted := time.Date(2025, 4, 14, 11, 23, 45, 0, time.UTC)
 	return &Checkpoint{
 		Sync:               sync,
 		MappingFingerprint: "m1",
@@ -119,7 +118,7 @@ func sampleCheckpoint(sync string) *Checkpoint {
 			"users/a.parquet": {Key: "users/a.parquet", Size: 1234, ETag: `"abc"`, Rows: 1000,
 				Acked: map[string]int64{"segment": 1000, "webhook": 500}},
 			"users/b.parquet": {Key: "users/b.parquet", Size: 99, VersionID: "v7", Rows: 10,
-				Acked: map[string]int64{}, Deleted: &deleted},
+				Acked: map[string]int64{}, AckedRanges: map[string][][2]int64{"segment": {{2, 4}}}},
 		},
 		UpdatedAt: time.Date(2025, 4, 14, 12, 0, 0, 0, time.UTC),
 		LastRunID: "run-1",
@@ -751,9 +750,9 @@ func TestCheckpointClone(t *testing.T) {
 		t.Fatalf("Clone = %+v, want %+v", c, cp)
 	}
 	c.Files["users/a.parquet"].Acked["segment"] = 1
-	*c.Files["users/b.parquet"].Deleted = time.Time{}
+	c.Files["users/b.parquet"].AckedRanges["segment"][0][0] = 3
 	c.Files["users/c.parquet"] = &File{}
-	if cp.Files["users/a.parquet"].Acked["segment"] != 1000 || cp.Files["users/b.parquet"].Deleted.IsZero() || len(cp.Files) != 2 {
+	if cp.Files["users/a.parquet"].Acked["segment"] != 1000 || cp.Files["users/b.parquet"].AckedRanges["segment"][0][0] != 2 || len(cp.Files) != 2 {
 		t.Fatal("Clone shares state with the original")
 	}
 	if (*Checkpoint)(nil).Clone() != nil {

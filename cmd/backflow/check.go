@@ -10,14 +10,17 @@ import (
 )
 
 func newCheckCommand(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	var all bool
+	c := &cobra.Command{
 		Use:   "check",
 		Short: "Validate the config, reach the source, the state and every destination, sending nothing",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runCheck(cmd, g)
+			return eachSync(g, all, func() error { return runCheck(cmd, g) })
 		},
 	}
+	addAllFlag(c, &all)
+	return c
 }
 
 func runCheck(cmd *cobra.Command, g *globalOptions) error {
@@ -32,14 +35,23 @@ func runCheck(cmd *cobra.Command, g *globalOptions) error {
 	if err != nil {
 		fmt.Fprintf(out, "FAIL  state %s: %v\n", cfg.State.URL, err)
 	}
-	failed := err != nil
+	failed, configFailed := err != nil, false
 	for _, r := range pipeline.Check(ctx, cfg, s, all.Registry(), store, version) {
 		status := "ok  "
-		if !r.OK {
+		switch {
+		case r.Warn:
+			status = "warn"
+		case !r.OK:
 			status = "FAIL"
 			failed = true
+			configFailed = configFailed || r.Config
 		}
 		fmt.Fprintf(out, "%s  %s: %s\n", status, r.What, scrub(r.Detail, g))
+	}
+	// A mapping that does not fit the schema is the configuration's fault: exit 2, as
+	// sync and preview do for it.
+	if configFailed {
+		return &exitError{code: exitUsage, err: fmt.Errorf("check failed for sync %s: the mapping does not fit the sync's schema", s.Name)}
 	}
 	if failed {
 		return &exitError{code: exitFailed, err: fmt.Errorf("check failed for sync %s", s.Name)}

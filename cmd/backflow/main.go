@@ -11,15 +11,12 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/internal/logging"
-	"github.com/backflowhq/backflow/mapper"
-	"github.com/backflowhq/backflow/pipeline"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -64,13 +61,25 @@ func main() {
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	ctx, stop := signalContext(context.Background(), stderr)
 	defer stop()
+	// A reader that closes stdout early (`sync | head -1`) must not kill the process
+	// with SIGPIPE before it saves and prints its summary: with SIGPIPE notified, a
+	// write to the closed pipe returns EPIPE, and the stdout destination fails like any
+	// destination that stops answering.
+	pipe := make(chan os.Signal, 1)
+	signal.Notify(pipe, syscall.SIGPIPE)
+	defer signal.Stop(pipe)
 	g := &globalOptions{stdout: stdout, stderr: stderr, getenv: os.LookupEnv}
 	root := newRootCommand(g)
 	root.SetArgs(args)
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	err := root.ExecuteContext(ctx)
+	// A command line naming no command is refused here, typed, rather than by matching
+	// cobra's wording afterwards.
+	err := checkCommand(root, args)
+	if err == nil {
+		err = root.ExecuteContext(ctx)
+	}
 	if err == nil {
 		return exitOK
 	}
@@ -107,21 +116,32 @@ func signalContext(parent context.Context, stderr io.Writer) (context.Context, f
 	}
 }
 
+// checkCommand refuses an unknown command as a usage error. cobra reports one as a
+// plain error; Find returns it before anything runs.
+func checkCommand(root *cobra.Command, args []string) error {
+	if len(args) > 0 && (args[0] == cobra.ShellCompRequestCmd || args[0] == cobra.ShellCompNoDescRequestCmd) {
+		return nil // the shell asking for completions: cobra adds that command itself
+	}
+	// help and completion are added by Execute; add them now so that Find knows them.
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	if _, _, err := root.Find(args); err != nil {
+		return &usageError{err}
+	}
+	return nil
+}
+
 // exitCode maps an error to SPEC.md's exit codes.
 func exitCode(err error) int {
 	var ee *exitError
 	if errors.As(err, &ee) {
 		return ee.code
 	}
+	// One configuration error type, whoever found the problem (the loader, the mapper
+	// against the schema, the run).
 	var cfgErr *config.Error
-	var runCfgErr *pipeline.ConfigError
-	var mapErr *mapper.ConfigError
 	var usage *usageError
-	if errors.As(err, &cfgErr) || errors.As(err, &runCfgErr) || errors.As(err, &mapErr) || errors.As(err, &usage) {
-		return exitUsage
-	}
-	// cobra's own complaint about the command line (it has no error type for it).
-	if strings.HasPrefix(err.Error(), "unknown command ") {
+	if errors.As(err, &cfgErr) || errors.As(err, &usage) {
 		return exitUsage
 	}
 	return exitFailed
@@ -153,12 +173,17 @@ func splitLines(s string) []string {
 	return out
 }
 
-// noArgs is cobra.NoArgs reporting a usage error (exit code 2).
+// noArgs refuses arguments as a usage error (exit code 2). A word after a command is
+// most often a sync's name: say how to pick one.
 func noArgs(cmd *cobra.Command, args []string) error {
-	if err := cobra.NoArgs(cmd, args); err != nil {
-		return &usageError{err}
+	if len(args) == 0 {
+		return nil
 	}
-	return nil
+	msg := fmt.Sprintf("%q takes no arguments, got %q", cmd.CommandPath(), args[0])
+	if cmd.Flags().Lookup("sync") != nil {
+		msg += fmt.Sprintf("; to pick a sync, use --sync %s", args[0])
+	}
+	return &usageError{errors.New(msg)}
 }
 
 // usageError is a wrong command line (exit code 2).

@@ -32,8 +32,8 @@ func newPreviewCommand(g *globalOptions) *cobra.Command {
 	f := c.Flags()
 	f.IntVarP(&o.rows, "rows", "n", 10, "how many rows")
 	f.StringVar(&o.columns, "columns", "", "only these columns in the table (comma-separated)")
-	f.StringVar(&o.search, "search", "", "only the columns whose name contains this word")
-	f.BoolVar(&o.json, "json", false, "print only the messages, one JSON object per line")
+	f.StringVar(&o.search, "search", "", "only the columns whose name contains this text (case-insensitive); it matches column names, not values")
+	f.BoolVar(&o.json, "json", false, "print only the messages, one JSON object per line (rejected rows and skipped files are named on stderr)")
 	return c
 }
 
@@ -58,11 +58,15 @@ func runPreview(cmd *cobra.Command, g *globalOptions, o previewOptions) error {
 		fmt.Fprintf(g.stderr, "backflow: skipped %s\n", scrub(p.Error, g))
 	}
 	if o.json {
-		for _, m := range res.Messages {
-			if m != nil {
-				out.Write(m)
-				out.Write([]byte{'\n'})
+		// stdout holds only messages; what is left out is said on stderr, so that a
+		// short output is never mistaken for the whole preview.
+		for i, m := range res.Messages {
+			if m == nil {
+				fmt.Fprintf(g.stderr, "backflow: left out row %d (%s): rejected: %s\n", i+1, res.Files[i], scrub(res.Reasons[i], g))
+				continue
 			}
+			out.Write(m)
+			out.Write([]byte{'\n'})
 		}
 		return nil
 	}
@@ -70,7 +74,11 @@ func runPreview(cmd *cobra.Command, g *globalOptions, o previewOptions) error {
 		fmt.Fprintf(out, "Sync %s: no rows to preview\n", res.Sync)
 		return nil
 	}
-	fmt.Fprintf(out, "Sync %s: the first %d rows\n\n", res.Sync, len(res.Rows))
+	if len(res.Rows) == 1 {
+		fmt.Fprintf(out, "Sync %s: the first row\n\n", res.Sync)
+	} else {
+		fmt.Fprintf(out, "Sync %s: the first %d rows\n\n", res.Sync, len(res.Rows))
+	}
 	header := append([]string{"#"}, res.Columns...)
 	rows := make([][]string, len(res.Rows))
 	for i, r := range res.Rows {

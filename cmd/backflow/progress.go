@@ -12,7 +12,7 @@ import (
 	"github.com/backflowhq/backflow/pipeline"
 )
 
-func isTerminal(w io.Writer) bool {
+func isTerminal(w any) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
 }

@@ -46,7 +46,11 @@ func runSchema(cmd *cobra.Command, g *globalOptions, o schemaOptions) error {
 			return err
 		}
 	} else {
-		fmt.Fprintf(out, "Sync %s: %d columns\n\n", rep.Sync, len(rep.Columns))
+		from := ""
+		if rep.SchemaFrom != "" {
+			from = " (from " + rep.SchemaFrom + ")"
+		}
+		fmt.Fprintf(out, "Sync %s: %s%s\n\n", rep.Sync, render.Plural(len(rep.Columns), "column"), from)
 		rows := make([][]string, len(rep.Columns))
 		for i, c := range rep.Columns {
 			rows[i] = []string{c.Name, c.Parquet, c.JSON}
@@ -54,7 +58,7 @@ func runSchema(cmd *cobra.Command, g *globalOptions, o schemaOptions) error {
 		if err := render.Table(out, []string{"COLUMN", "PARQUET", "JSON"}, rows, 60); err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "\n%d files\n\n", len(rep.Files))
+		fmt.Fprintf(out, "\n%s\n\n", render.Plural(len(rep.Files), "file"))
 		rows = rows[:0]
 		for _, f := range rep.Files {
 			status := "ok"
@@ -67,7 +71,7 @@ func runSchema(cmd *cobra.Command, g *globalOptions, o schemaOptions) error {
 			return err
 		}
 		if len(rep.Skipped) > 0 {
-			fmt.Fprintf(out, "\n%d objects skipped\n\n", len(rep.Skipped))
+			fmt.Fprintf(out, "\n%s skipped\n\n", render.Plural(len(rep.Skipped), "object"))
 			rows = rows[:0]
 			for _, sk := range rep.Skipped {
 				rows = append(rows, []string{sk.Key, sk.Reason})

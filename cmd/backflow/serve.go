@@ -34,7 +34,7 @@ func newServeCommand(g *globalOptions) *cobra.Command {
 A sync never runs twice at once, also across several serve processes sharing an s3://
 state (replicas): each due run runs on one of them. On the first signal it starts no new run, lets the runs in
 flight deliver or checkpoint within serve.shutdown_grace, and exits 0; a second signal exits
-at once. --sync is ignored: serve runs every sync of the file.`,
+at once. With --sync NAME, serve runs and shows only that sync.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runServe(cmd, g, o)
@@ -70,9 +70,29 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 			return &usageError{err}
 		}
 	}
+	syncs := cfg.Syncs
+	if g.syncName != "" {
+		s, err := cfg.Sync(g.syncName)
+		if err != nil {
+			return &usageError{err}
+		}
+		syncs = []config.Sync{*s}
+	}
 	logger, err := g.logger()
 	if err != nil {
 		return err
+	}
+	scheduled := 0
+	for _, s := range syncs {
+		if s.Schedule.Every != 0 || s.Schedule.Cron != "" {
+			scheduled++
+		}
+	}
+	if scheduled == 0 {
+		// Not an error (runs can be started over HTTP), but never silent: a serve that
+		// never runs anything on its own is most often a schedule left out.
+		logger.Warn("no sync has a schedule: serve runs them only when asked (POST /syncs/{name}/run or the status page)",
+			"syncs", len(syncs))
 	}
 	store, err := openStore(ctx, cfg)
 	if err != nil {
@@ -106,7 +126,7 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 	}
 	notifier := notify.New(notify.Options{Config: cfg, History: store, Logger: logger})
 	srv, err = schedule.NewServer(schedule.Options{
-		Syncs:             cfg.Syncs,
+		Syncs:             syncs,
 		Run:               runSync,
 		Store:             store,
 		MaxConcurrentRuns: cfg.Serve.MaxConcurrentRuns,

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,43 +29,63 @@ func newStateCommand(g *globalOptions) *cobra.Command {
 			return &usageError{errors.New("backflow state needs a command: show or reset")}
 		},
 	}
-	var asJSON bool
-	var shardFlag string
+	var asJSON, allSyncs bool
+	var showShard, resetShard string
 	show := &cobra.Command{
 		Use:   "show",
-		Short: "Print the sync's checkpoint: what every destination acknowledged",
+		Short: "Print the sync's checkpoint (and its shards'): what every destination acknowledged",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runStateShow(cmd, g, asJSON)
+			return eachSync(g, allSyncs, func() error { return runStateShow(cmd, g, asJSON, showShard) })
 		},
 	}
-	show.Flags().BoolVar(&asJSON, "json", false, "print the checkpoint as JSON")
+	addAllFlag(show, &allSyncs)
+	show.Flags().BoolVar(&asJSON, "json", false, "print the checkpoint as JSON (null when there is none)")
+	show.Flags().StringVar(&showShard, "shard", "", "the checkpoint of shard I/N only (`sync --shard`); the table shows every shard's")
+	var yes bool
 	reset := &cobra.Command{
 		Use:   "reset",
 		Short: "Delete the sync's checkpoint and row hashes: the next run is a full sync",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runStateReset(cmd, g, shardFlag)
+			return runStateReset(cmd, g, yes, resetShard)
 		},
 	}
-	reset.Flags().StringVar(&shardFlag, "shard", "", "reset only this shard's state (I/N); default: the sync's and every shard's")
+	reset.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation on a terminal")
+	reset.Flags().StringVar(&resetShard, "shard", "", "reset only this shard's state (I/N); default: the sync's and every shard's")
 	c.AddCommand(show, reset)
 	return c
 }
 
-func runStateShow(cmd *cobra.Command, g *globalOptions, asJSON bool) error {
+func runStateShow(cmd *cobra.Command, g *globalOptions, asJSON bool, shardFlag string) error {
 	ctx := cmd.Context()
 	cfg, s, err := g.loadSync()
 	if err != nil {
 		return err
 	}
+	var only pipeline.Shard
+	if shardFlag != "" {
+		if only, err = pipeline.ParseShard(shardFlag); err != nil {
+			return &usageError{fmt.Errorf("--shard: %w", err)}
+		}
+	}
 	store, err := openStore(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	cp, err := store.Load(ctx, s.Name)
+	cp, err := store.Load(ctx, only.StateName(s.Name))
 	if err != nil {
 		return err
+	}
+	out := cmd.OutOrStdout()
+	if asJSON {
+		// One shape: the checkpoint (the sync's, or that shard's), or null.
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(cp)
+	}
+	if only.Sharded() {
+		return printCheckpoint(out, s, store.String(), "shard "+only.String()+" of sync "+s.Name, cp)
 	}
 	// The checkpoints of the sync's shards (`sync --shard I/N`), each its own.
 	type shardState struct {
@@ -88,18 +109,6 @@ func runStateShow(cmd *cobra.Command, g *globalOptions, asJSON bool) error {
 		if scp != nil {
 			shards = append(shards, shardState{Shard: shard.String(), Checkpoint: scp})
 		}
-	}
-	out := cmd.OutOrStdout()
-	if asJSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		if len(shards) > 0 {
-			return enc.Encode(map[string]any{"sync": s.Name, "checkpoint": cp, "shards": shards})
-		}
-		if cp == nil {
-			return enc.Encode(map[string]any{"sync": s.Name, "checkpoint": nil})
-		}
-		return enc.Encode(cp)
 	}
 	for _, sh := range shards {
 		if err := printCheckpoint(out, s, store.String(), "shard "+sh.Shard+" of sync "+s.Name, sh.Checkpoint); err != nil {
@@ -152,7 +161,7 @@ func printCheckpoint(out io.Writer, s *config.Sync, where, what string, cp *stat
 	return nil
 }
 
-func runStateReset(cmd *cobra.Command, g *globalOptions, shardFlag string) error {
+func runStateReset(cmd *cobra.Command, g *globalOptions, yes bool, shardFlag string) error {
 	ctx := cmd.Context()
 	cfg, s, err := g.loadSync()
 	if err != nil {
@@ -182,9 +191,15 @@ func runStateReset(cmd *cobra.Command, g *globalOptions, shardFlag string) error
 			}
 		}
 	}
+	// What there is to reset: the checkpoints that exist among names.
+	existing := 0
 	for _, name := range names {
-		if err := store.Reset(ctx, name); err != nil {
-			return fmt.Errorf("resetting state of sync %s: %w", name, err)
+		cp, err := store.Load(ctx, name)
+		if err != nil {
+			return err
+		}
+		if cp != nil {
+			existing++
 		}
 	}
 	what := "the checkpoint of sync " + s.Name
@@ -192,9 +207,29 @@ func runStateReset(cmd *cobra.Command, g *globalOptions, shardFlag string) error
 	case shardFlag != "":
 		what = "the checkpoint of shard " + shardFlag + " of sync " + s.Name
 	case len(names) > 1:
-		what = fmt.Sprintf("the checkpoints of sync %s and its %d shards", s.Name, len(names)-1)
+		what = fmt.Sprintf("the checkpoints of sync %s and its %d shard states", s.Name, len(names)-1)
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "Reset %s in %s: the next run is a full sync.\n", what, store.String())
+	out := cmd.OutOrStdout()
+	// A reset makes the next run send everything again: on a terminal, ask first.
+	if existing > 0 && !yes && isTerminal(cmd.InOrStdin()) {
+		fmt.Fprintf(out, "Reset %s in %s? The next run sends every row again. [y/N] ", what, store.String())
+		answer, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+		if a := strings.ToLower(strings.TrimSpace(answer)); a != "y" && a != "yes" {
+			fmt.Fprintln(out, "Nothing reset.")
+			return nil
+		}
+	}
+	// Reset also when there is no checkpoint: row hashes of an earlier run may remain.
+	for _, name := range names {
+		if err := store.Reset(ctx, name); err != nil {
+			return fmt.Errorf("resetting state of sync %s: %w", name, err)
+		}
+	}
+	if existing == 0 {
+		fmt.Fprintf(out, "Sync %s had no checkpoint in %s: nothing to reset; the next run is a first sync.\n", s.Name, store.String())
+		return nil
+	}
+	fmt.Fprintf(out, "Reset %s in %s: the next run is a full sync.\n", what, store.String())
 	return nil
 }
 

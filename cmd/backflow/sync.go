@@ -28,6 +28,7 @@ type syncOptions struct {
 	wait     time.Duration
 	shard    string
 	progress string
+	all      bool
 }
 
 func newSyncCommand(g *globalOptions) *cobra.Command {
@@ -37,7 +38,10 @@ func newSyncCommand(g *globalOptions) *cobra.Command {
 		Short: "Run the sync once",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runSync(cmd, g, o)
+			if o.all && o.report != "" {
+				return &usageError{errors.New("--report with --all: each sync would overwrite the same file; run the syncs one by one")}
+			}
+			return eachSync(g, o.all, func() error { return runSync(cmd, g, o) })
 		},
 	}
 	f := c.Flags()
@@ -48,6 +52,8 @@ func newSyncCommand(g *globalOptions) *cobra.Command {
 	f.StringVar(&o.shard, "shard", "", "run shard I of N (I/N, from 0; default $BACKFLOW_SHARD): each shard syncs its own part and keeps its own state")
 	f.DurationVar(&o.wait, "wait", 0, "when another run of the sync holds its lease, wait this long for it (default: exit 1 at once)")
 	f.StringVar(&o.progress, "progress", "auto", "progress bar: auto (on a terminal), always or never")
+	_ = c.RegisterFlagCompletionFunc("progress", fixedCompletion("auto", "always", "never"))
+	addAllFlag(c, &o.all)
 	return c
 }
 
@@ -214,16 +220,27 @@ func summary(r *pipeline.Report) string {
 	if r.DryRun {
 		kind = "dry run, " + kind
 	}
-	s := fmt.Sprintf("%s: %s %s in %s: files %d listed, %d read, %d unchanged, %d skipped, %d rejected; rows %d read, %d sent, %d unchanged, %d rejected",
+	// Each count means one thing. Rows are counted as read, unchanged and rejected (by
+	// the mapping); what each destination did with the others is its own count:
+	// delivered, failed, or pending (neither, when a run stopped or hung). The report's
+	// rows.sent (delivered to at least one destination) is left out here: next to a
+	// destination that failed every row, it read as if they had arrived.
+	s := fmt.Sprintf("%s: %s %s in %s: files %d listed, %d read, %d unchanged, %d skipped, %d rejected; rows %d read, %d unchanged, %d rejected",
 		r.Sync, kind, r.Status, time.Duration(r.DurationMS)*time.Millisecond,
 		r.Files.Listed, r.Files.Read, r.Files.Unchanged, r.Files.Skipped, r.Files.Rejected,
-		r.Rows.Read, r.Rows.Sent, r.Rows.Unchanged, r.Rows.Rejected)
+		r.Rows.Read, r.Rows.Unchanged, r.Rows.Rejected)
 	if r.DryRun {
 		s += fmt.Sprintf("; would send %d", r.Rows.WouldSend)
 	}
 	for _, name := range slices.Sorted(maps.Keys(r.Destinations)) {
 		d := r.Destinations[name]
-		s += fmt.Sprintf("; %s: %d delivered, %d failed", name, d.Delivered, d.Failed)
+		var pending int64
+		if r.Status == pipeline.StatusFailed && !r.DryRun {
+			// A run that ended cleanly left nothing pending; one that stopped left the
+			// rows it read that this destination neither took nor refused.
+			pending = max(0, r.Rows.Read-r.Rows.Rejected-r.Rows.Unchanged-d.Delivered-d.Failed-d.Unchanged)
+		}
+		s += fmt.Sprintf("; %s: %d delivered, %d failed, %d pending", name, d.Delivered, d.Failed, pending)
 	}
 	if r.RejectsFile != "" {
 		s += "; rejects in " + r.RejectsFile

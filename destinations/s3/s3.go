@@ -32,7 +32,7 @@ import (
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
-	"github.com/backflowhq/backflow/destinations/s3/keytemplate"
+	"github.com/backflowhq/backflow/internal/keytemplate"
 	"github.com/backflowhq/backflow/internal/s3conn"
 	"github.com/backflowhq/backflow/mapper"
 )
@@ -578,6 +578,16 @@ func (d *Destination) Check(ctx context.Context) error {
 		if errors.As(err, &se) && se.NotFound {
 			// HeadBucket answers a bare 404, which Describe cannot tell from a missing object.
 			return fmt.Errorf("destination %s: s3://%s: no such bucket", d.name, d.bucket)
+		}
+		if errors.As(err, &se) && se.Unexplained {
+			// A bare 403 does not tell a wrong secret from a missing permission; a request
+			// with an answer body does, so that one wrong secret gets the diagnosis the
+			// source gives for it ("bad credentials"), not "access denied".
+			if _, lerr := d.client.ListMultipartUploads(ctx, &s3.ListMultipartUploadsInput{Bucket: aws.String(d.bucket), MaxUploads: aws.Int32(1)}); lerr != nil {
+				if le := s3conn.Describe(lerr, d.bucket, ""); !errors.As(le, &se) || !se.Unexplained {
+					err = le
+				}
+			}
 		}
 		return fmt.Errorf("destination %s: %w", d.name, err)
 	}

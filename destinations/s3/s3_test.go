@@ -15,7 +15,7 @@ import (
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
-	"github.com/backflowhq/backflow/destinations/s3/keytemplate"
+	"github.com/backflowhq/backflow/internal/keytemplate"
 	"github.com/backflowhq/backflow/mapper"
 )
 
@@ -630,8 +630,10 @@ func TestCheck(t *testing.T) {
 	cfg = e.cfg("jsonl")
 	cfg.Auth.SecretAccessKey = "wrong-secret"
 	d = e.newDest(t, cfg, options{})
-	if err := d.Check(context.Background()); err == nil || strings.Contains(err.Error(), "wrong-secret") {
-		t.Fatalf("Check with a bad secret = %v, want an error without the secret", err)
+	// The diagnosis the source gives for the same wrong secret: bad credentials, not
+	// the bare "access denied" of a HEAD request.
+	if err := d.Check(context.Background()); err == nil || strings.Contains(err.Error(), "wrong-secret") || !strings.Contains(err.Error(), "bad credentials") {
+		t.Fatalf("Check with a bad secret = %v, want bad credentials, without the secret", err)
 	}
 	if u := e.uploads(t); len(u) != 0 {
 		t.Fatalf("Check left uploads: %v", u)

@@ -30,6 +30,7 @@ import (
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
+	"github.com/backflowhq/backflow/internal/render"
 	"github.com/backflowhq/backflow/mapper"
 )
 
@@ -128,14 +129,14 @@ func (d *Webhook) Write(ctx context.Context, msgs []mapper.Message) error {
 	req.Header = d.header.Clone()
 	resp, err := d.client.Do(req)
 	if err != nil {
-		err = fmt.Errorf("posting %d messages: %w", len(msgs), destinations.RedactError(err))
+		err = fmt.Errorf("posting %s: %w", render.Plural(len(msgs), "message"), destinations.RedactError(err))
 		if ctx.Err() == nil && destinations.IsRetryable(err) {
 			return &destinations.RetryableError{Err: err}
 		}
 		return err
 	}
 	if err := destinations.ResponseError(resp, d.nonRetryable); err != nil {
-		return fmt.Errorf("posting %d messages to %s: %w", len(msgs), d.safeURL, err)
+		return fmt.Errorf("posting %s to %s: %w", render.Plural(len(msgs), "message"), d.safeURL, err)
 	}
 	return nil
 }

@@ -157,8 +157,12 @@ func DescribeAt(err error, where string) error {
 			return &Error{Err: err, Msg: fmt.Sprintf("%s: no such bucket", where)}
 		case "NoSuchKey", "NotFound":
 			return &Error{Err: err, Msg: fmt.Sprintf("%s: no such object", where), NotFound: true}
-		case "AccessDenied", "Forbidden", "AllAccessDisabled":
+		case "AccessDenied", "AllAccessDisabled":
 			return &Error{Err: err, Msg: fmt.Sprintf("%s: access denied (check the credentials' permissions on the bucket)", where)}
+		case "Forbidden":
+			// The SDK's code for a 403 without a body (a HEAD request): the server did not
+			// say whether the credentials are wrong or lack a permission.
+			return &Error{Err: err, Msg: fmt.Sprintf("%s: access denied (wrong credentials, or missing permissions on the bucket)", where), Unexplained: true}
 		case "InvalidAccessKeyId":
 			return &Error{Err: err, Msg: fmt.Sprintf("%s: the access key id is not known to the server (bad credentials)", where)}
 		case "SignatureDoesNotMatch":
@@ -176,7 +180,7 @@ func DescribeAt(err error, where string) error {
 		case http.StatusNotFound:
 			return &Error{Err: err, Msg: fmt.Sprintf("%s: not found", where), NotFound: true}
 		case http.StatusForbidden:
-			return &Error{Err: err, Msg: fmt.Sprintf("%s: access denied", where)}
+			return &Error{Err: err, Msg: fmt.Sprintf("%s: access denied", where), Unexplained: true}
 		case http.StatusPreconditionFailed:
 			return &Error{Err: err, Msg: fmt.Sprintf("%s: precondition failed", where), Precondition: true}
 		}
@@ -247,6 +251,10 @@ type Error struct {
 	Msg          string
 	NotFound     bool // the bucket or object does not exist
 	Precondition bool // a conditional request failed
+	// Unexplained is a 403 without an error code (the answer to a HEAD request has no
+	// body): wrong credentials and missing permissions look alike, so the caller should
+	// ask with a request whose answer says which.
+	Unexplained bool
 }
 
 func (e *Error) Error() string { return e.Msg }
