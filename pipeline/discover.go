@@ -75,8 +75,10 @@ func (r *run) receive(ctx context.Context) (*events, error) {
 	}
 	ev := &events{queue: q, created: map[string]discovery.Event{}, removed: map[string]discovery.Event{}}
 	now := time.Now()
-	for ev.counts.Received < maxMessagesPerRun {
-		msgs, err := q.Receive(ctx, discovery.MaxReceive, receiveWait)
+	for wait := receiveWait; ev.counts.Received < maxMessagesPerRun; wait = 0 {
+		// The first call waits a moment for messages (long polling); the next ones take
+		// what is there: what a short poll misses waits for the next run.
+		msgs, err := q.Receive(ctx, discovery.MaxReceive, wait)
 		if err != nil {
 			ev.close()
 			return nil, fmt.Errorf("discovering new objects: %w", err)

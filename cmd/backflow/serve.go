@@ -49,8 +49,8 @@ at once. With --sync NAME, serve runs and shows only that sync.`,
 // How often serve looks at the queues of event-discovered syncs, and how long messages
 // wait before a run starts (a burst of uploads makes one run).
 const (
-	queuePoll   = time.Second
-	queueSettle = 500 * time.Millisecond
+	queuePoll   = 500 * time.Millisecond
+	queueSettle = 200 * time.Millisecond
 )
 
 func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {

@@ -19,6 +19,10 @@ import (
 	"github.com/backflowhq/backflow/internal/s3conn"
 )
 
+// callTimeout bounds one call to the queue (beyond a Receive's long polling): a queue
+// that stops answering fails the call instead of holding a run forever.
+const callTimeout = 30 * time.Second
+
 // Limits SQS puts on its calls.
 const (
 	MaxReceive    = 10               // messages per ReceiveMessage
@@ -99,6 +103,8 @@ func (q *Queue) URL() string { return q.url }
 // Pending returns about how many messages wait in the queue, visible to a receiver
 // (SQS's ApproximateNumberOfMessages): `serve` starts a run when it is not zero.
 func (q *Queue) Pending(ctx context.Context) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
 	out, err := q.client.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
 		QueueUrl:       aws.String(q.url),
 		AttributeNames: []types.QueueAttributeName{types.QueueAttributeNameApproximateNumberOfMessages},
@@ -121,6 +127,9 @@ func (q *Queue) Pending(ctx context.Context) (int, error) {
 func (q *Queue) Receive(ctx context.Context, n int, wait time.Duration) ([]Message, error) {
 	n = min(max(n, 1), MaxReceive)
 	wait = min(max(wait, 0), MaxWait)
+	// Long polling holds the call for up to wait: the deadline leaves it that long more.
+	ctx, cancel := context.WithTimeout(ctx, wait+callTimeout)
+	defer cancel()
 	out, err := q.client.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
 		QueueUrl:                    aws.String(q.url),
 		MaxNumberOfMessages:         int32(n),
@@ -147,6 +156,8 @@ func (q *Queue) Receive(ctx context.Context, n int, wait time.Duration) ([]Messa
 
 // Delete removes the message received with receiptHandle from the queue, for good.
 func (q *Queue) Delete(ctx context.Context, receiptHandle string) error {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
 	_, err := q.client.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: aws.String(q.url), ReceiptHandle: aws.String(receiptHandle)})
 	return q.describe(err, "deleting a message")
 }
@@ -155,6 +166,8 @@ func (q *Queue) Delete(ctx context.Context, receiptHandle string) error {
 // now (rounded up to whole seconds, at most MaxVisibility); 0 makes it visible again at
 // once, for another receiver.
 func (q *Queue) Extend(ctx context.Context, receiptHandle string, visibility time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
 	_, err := q.client.ChangeMessageVisibility(ctx, &sqs.ChangeMessageVisibilityInput{
 		QueueUrl: aws.String(q.url), ReceiptHandle: aws.String(receiptHandle), VisibilityTimeout: seconds(visibility),
 	})
@@ -229,7 +242,9 @@ func (q *Queue) extendAll(ctx context.Context, handles []string, visibility time
 				Id: aws.String(strconv.Itoa(i)), ReceiptHandle: aws.String(h), VisibilityTimeout: seconds(visibility),
 			}
 		}
-		out, err := q.client.ChangeMessageVisibilityBatch(ctx, &sqs.ChangeMessageVisibilityBatchInput{QueueUrl: aws.String(q.url), Entries: entries})
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		out, err := q.client.ChangeMessageVisibilityBatch(cctx, &sqs.ChangeMessageVisibilityBatchInput{QueueUrl: aws.String(q.url), Entries: entries})
+		cancel()
 		if err != nil {
 			// The whole call failed: keep every handle and try again at the next tick.
 			keep = append(keep, batch...)
