@@ -250,6 +250,19 @@ func TestSQSDiscoveryServe(t *testing.T) {
 		}
 		lat = append(lat, time.Since(sent))
 	}
+	// The queue's metrics: what the runs of this serve received and deleted (added when
+	// a run's report is recorded, just after its rows arrived).
+	deleted := regexp.MustCompile(`backflow_queue_messages_total\{outcome="deleted",sync="users"\} [1-9]`)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		code, body := s.do("GET", "/metrics")
+		if code == 200 && deleted.Match(body) && strings.Contains(string(body), `backflow_queue_lag_seconds{sync="users"}`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET /metrics: %d, no queue message or lag metrics:\n%s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the endpoint
+	}
 	s.stop(30 * time.Second)
 	got := received(t, hook)
 	if distinctIDs(got) != 20*files || len(got) != 20*files {

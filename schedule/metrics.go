@@ -34,6 +34,9 @@ type metrics struct {
 	batches       *prometheus.GaugeVec     // sync, destination
 	liveRows      *prometheus.CounterVec   // sync
 	liveBytes     *prometheus.CounterVec
+	// Event-driven discovery (source.discovery.type sqs), from each run's report.
+	queueMessages *prometheus.CounterVec // sync, outcome: received, deleted, ignored, malformed
+	queueLag      *prometheus.GaugeVec   // sync
 }
 
 // durationBuckets spans the runs backflow sees: a few seconds for an incremental run
@@ -76,6 +79,9 @@ func newMetrics(syncs []config.Sync) *metrics {
 		batches:     gauge("batches_in_flight", "Batches being written to a destination now.", "sync", "destination"),
 		liveRows:    counter("source_rows_read_total", "Rows read from the source, counted as they are read (rows_read_total is added when a run ends).", "sync"),
 		liveBytes:   counter("source_bytes_read_total", "Bytes read from the source, counted as they are read.", "sync"),
+		queueMessages: counter("queue_messages_total", "Messages of a sync's S3 event notification queue, by what became of them "+
+			"(received; deleted once their files were handled; events ignored as outside the source; malformed), from each run's report.", "sync", "outcome"),
+		queueLag: gauge("queue_lag_seconds", "Age of the oldest message the last run of the sync received from its queue.", "sync"),
 	}
 	reg.MustRegister(m.duration)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -90,6 +96,12 @@ func newMetrics(syncs []config.Sync) *metrics {
 		}
 		for _, st := range []string{pipeline.StatusOK, pipeline.StatusPartial, pipeline.StatusFailed} {
 			m.runs.WithLabelValues(n, st)
+		}
+		if sc.Source.Discovery.Type == config.DiscoverySQS {
+			for _, o := range []string{"received", "deleted", "ignored", "malformed"} {
+				m.queueMessages.WithLabelValues(n, o)
+			}
+			m.queueLag.WithLabelValues(n)
 		}
 		m.lastSuccess.WithLabelValues(n)
 		m.inProgress.WithLabelValues(n)
@@ -126,6 +138,13 @@ func (m *metrics) observeRun(n string, r *pipeline.Report, status string, elapse
 		}
 		m.delivered.WithLabelValues(n, dest).Add(nonNegative(c.Delivered))
 		m.failed.WithLabelValues(n, dest).Add(nonNegative(c.Failed))
+	}
+	if d := r.Discovery; d != nil {
+		m.queueMessages.WithLabelValues(n, "received").Add(float64(max(d.Received, 0)))
+		m.queueMessages.WithLabelValues(n, "deleted").Add(float64(max(d.Deleted, 0)))
+		m.queueMessages.WithLabelValues(n, "ignored").Add(float64(max(d.Ignored, 0)))
+		m.queueMessages.WithLabelValues(n, "malformed").Add(float64(max(d.Malformed, 0)))
+		m.queueLag.WithLabelValues(n).Set(d.LagSeconds)
 	}
 	m.duration.WithLabelValues(n, status).Observe(elapsed.Seconds())
 	m.runs.WithLabelValues(n, status).Inc()
