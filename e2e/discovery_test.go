@@ -279,3 +279,70 @@ func TestSQSDiscoveryServe(t *testing.T) {
 			sorted[len(sorted)/2].Round(time.Millisecond), sorted[len(sorted)*99/100].Round(time.Millisecond), sorted[len(sorted)-1].Round(time.Millisecond))
 	}
 }
+
+// TestSQSDiscoveryKilled: a run killed mid-way deletes no message; its messages come
+// back once the queue's visibility timeout (2s here) passes, and the next run sends
+// only what the killed one had not acknowledged — every row arrives, duplicates at most
+// the batches in flight — and then empties the queue.
+func TestSQSDiscoveryKilled(t *testing.T) {
+	m := testutil.StartMinIO(t)
+	q := testutil.StartSQS(t)
+	src := m.Bucket(t)
+	queueURL := q.CreateQueue(t, 2*time.Second)
+	hook := destinationstest.NewSegmentServer(t, destinationstest.SegmentServerOptions{Path: "/hook", Delay: 30 * time.Millisecond})
+	w := newWorkspace(t)
+	w.env = []string{"E2E_ACCESS_KEY=" + m.AccessKey, "E2E_SECRET_KEY=" + m.SecretKey}
+	const batch, inFlight = 25, 2
+	c := usersConfig(map[string]any{"type": "webhook", "url": hook.URL + "/hook", "batch_size": batch, "max_in_flight": inFlight})
+	c.Syncs[0].Source = with(s3Settings(m), "url", "s3://"+src+"/users/",
+		"discovery", map[string]any{"type": "sqs", "queue_url": queueURL, "endpoint": q.Endpoint})
+	w.writeConfig(c)
+	w.mustSync(0) // the first run lists the empty prefix
+
+	const files, rows = 3, 400
+	for i := range files {
+		key := fmt.Sprintf("users/part-%d.parquet", i)
+		size, etag := putUsers(t, m, src, key, exampledata.Options{RowsPerFile: rows, FirstID: int64(i * rows), Seed: uint64(70 + i)})
+		q.Send(t, queueURL, s3Notification(src, key, size, etag))
+	}
+	p := start(t, w.dir, w.env, "sync", "-c", w.configPath())
+	for deadline := time.Now().Add(30 * time.Second); len(received(t, hook)) < 200; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the run sent nothing within 30s")
+		}
+		time.Sleep(5 * time.Millisecond) // polling the receiver
+	}
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.cmd.Wait() // killed: no exit code to judge
+	killedAt := len(received(t, hook))
+	if killedAt >= files*rows {
+		t.Fatalf("the run delivered everything (%d) before it was killed: make it slower", killedAt)
+	}
+	// The messages come back after their visibility timeout; until then a run finds none.
+	var rep *report
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		rep = w.mustSync(0)
+		if rep.Discovery != nil && rep.Discovery.Received > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the killed run's messages did not come back within 30s")
+		}
+		time.Sleep(500 * time.Millisecond) // the queue's visibility timeout runs
+	}
+	if rep.Discovery.Received != files || rep.Discovery.Deleted != files {
+		t.Errorf("the rerun: want %d messages received and deleted\n%s", files, rep)
+	}
+	got := received(t, hook)
+	if ids := distinctUserIDs(got); ids != files*rows {
+		t.Errorf("%d distinct rows arrived, want %d", ids, files*rows)
+	}
+	if dup := len(got) - distinctIDs(got); dup > batch*inFlight {
+		t.Errorf("%d rows arrived twice, want at most the batches in flight (%d)", dup, batch*inFlight)
+	}
+	if n := queueDepth(t, q, queueURL); n != 0 {
+		t.Errorf("%d messages left in the queue, want none", n)
+	}
+}

@@ -123,8 +123,15 @@ func (r *run) receive(ctx context.Context) (*events, error) {
 		msgs[i] = p.msg
 	}
 	// The run may take longer than the queue's visibility timeout: its messages stay
-	// invisible until it ends (a run killed stops extending, and they come back).
-	ev.stop = q.KeepVisible(context.WithoutCancel(ctx), msgs, keepVisibleEvery)
+	// invisible until it ends, extended by that timeout every half of it (a run killed
+	// stops extending, and they come back within the queue's own timeout).
+	every := keepVisibleEvery
+	if vt, err := q.VisibilityTimeout(ctx); err == nil && vt > 0 {
+		every = min(max(vt/2, time.Second), keepVisibleEvery)
+	} else if err != nil {
+		r.log.Warn("reading the queue's visibility timeout; extending every 30s", "error", err)
+	}
+	ev.stop = q.KeepVisible(context.WithoutCancel(ctx), msgs, every)
 	r.log.Info("received S3 event notifications", "queue", q.URL(), "messages", ev.counts.Received,
 		"objects_created", len(ev.created), "objects_removed", len(ev.removed),
 		"ignored", ev.counts.Ignored, "malformed", ev.counts.Malformed)

@@ -100,6 +100,25 @@ func regionOf(queueURL string) string {
 // URL is the queue's URL.
 func (q *Queue) URL() string { return q.url }
 
+// VisibilityTimeout returns the queue's default visibility timeout: how long a received
+// message stays hidden from other receivers unless extended.
+func (q *Queue) VisibilityTimeout(ctx context.Context) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	out, err := q.client.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
+		QueueUrl:       aws.String(q.url),
+		AttributeNames: []types.QueueAttributeName{types.QueueAttributeNameVisibilityTimeout},
+	})
+	if err != nil {
+		return 0, q.describe(err, "reading the visibility timeout of")
+	}
+	n, err := strconv.Atoi(out.Attributes[string(types.QueueAttributeNameVisibilityTimeout)])
+	if err != nil {
+		return 0, fmt.Errorf("queue %s: VisibilityTimeout %q: %w", q.url, out.Attributes[string(types.QueueAttributeNameVisibilityTimeout)], err)
+	}
+	return time.Duration(n) * time.Second, nil
+}
+
 // Pending returns about how many messages wait in the queue, visible to a receiver
 // (SQS's ApproximateNumberOfMessages): `serve` starts a run when it is not zero.
 func (q *Queue) Pending(ctx context.Context) (int, error) {
