@@ -150,6 +150,18 @@ func TestSQSDiscovery(t *testing.T) {
 		t.Errorf("a redelivered notification sent %d messages", n)
 	}
 
+	// A removal: the file leaves the checkpoint, as when a listing no longer shows it.
+	if _, err := m.Client.DeleteObject(context.Background(), &s3.DeleteObjectInput{Bucket: aws.String(src), Key: aws.String("users/b.parquet")}); err != nil {
+		t.Fatal(err)
+	}
+	q.Send(t, queueURL, strings.Replace(s3Notification(src, "users/b.parquet", 0, ""), "ObjectCreated:Put", "ObjectRemoved:Delete", 1))
+	if rep = w.mustSync(0); rep.Files.Deleted != 1 || rep.Rows.Sent != 0 || rep.Discovery.Deleted != 1 {
+		t.Errorf("a removal notification: want the file deleted from the checkpoint, nothing sent, the message deleted\n%s", rep)
+	}
+	if r := w.run("state", "show", "--json"); r.Code != 0 || strings.Contains(r.Stdout, "users/b.parquet") || !strings.Contains(r.Stdout, "users/a.parquet") {
+		t.Errorf("after the removal the checkpoint still names users/b.parquet (or lost a.parquet):\n%s", r)
+	}
+
 	// Time passes (the history says the last listing was two days ago): the reconcile
 	// listing finds the file whose event was lost, and only it.
 	backdateHistory(t, w.path(".backflow", "history", "users.json"), 48*time.Hour)

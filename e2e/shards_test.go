@@ -240,19 +240,26 @@ func TestFigureShardsThroughput(t *testing.T) {
 	if os.Getenv("BACKFLOW_FIGURES") != "1" {
 		t.Skip("set BACKFLOW_FIGURES=1 to measure")
 	}
-	const files, per = 16, 5000
+	// Files are what shards share out (modes incremental and full): with few files the
+	// biggest shard's share decides the time, so enough of them for an even split.
+	const files, per = 256, 320
+	latency := 20 * time.Millisecond
+	if v, err := time.ParseDuration(os.Getenv("BACKFLOW_SHARD_LATENCY")); err == nil {
+		latency = v // e.g. 100ms: a slower API
+	}
 	var base time.Duration
 	for _, n := range []int{1, 2, 4} {
-		hook := destinationstest.NewSegmentServer(t, destinationstest.SegmentServerOptions{Path: "/hook", Delay: 20 * time.Millisecond})
+		hook := destinationstest.NewSegmentServer(t, destinationstest.SegmentServerOptions{Path: "/hook", Delay: latency})
 		w := newWorkspace(t)
 		w.writeUsers("", exampledata.Options{Files: files, RowsPerFile: per, RowGroupRows: 500, Seed: 79})
 		w.writeConfig(usersConfig(map[string]any{"type": "webhook", "url": hook.URL + "/hook", "batch_size": 100, "max_in_flight": 1}))
 		began := time.Now()
 		reps := shardRun(t, w, n)
 		took := time.Since(began)
-		var peaks []string
+		var peaks, shares []string
 		for _, r := range reps {
 			peaks = append(peaks, fmt.Sprintf("%d MiB", r.PeakRSSBytes>>20))
+			shares = append(shares, fmt.Sprint(r.Files.Read))
 		}
 		if n == 1 {
 			base = took
@@ -260,7 +267,8 @@ func TestFigureShardsThroughput(t *testing.T) {
 		if got := received(t, hook); distinctIDs(got) != files*per {
 			t.Fatalf("%d shards delivered %d distinct messages, want %d", n, distinctIDs(got), files*per)
 		}
-		t.Logf("%d shard(s): %d rows in %s (%.0f rows/s, %.2f× one shard); peak RSS per shard %s",
-			n, files*per, took.Round(time.Millisecond), float64(files*per)/took.Seconds(), base.Seconds()/took.Seconds(), strings.Join(peaks, ", "))
+		t.Logf("%s a batch; %d shard(s): %d rows in %s (%.0f rows/s, %.2f× one shard); files per shard %s; peak RSS per shard %s",
+			latency, n, files*per, took.Round(time.Millisecond), float64(files*per)/took.Seconds(), base.Seconds()/took.Seconds(),
+			strings.Join(shares, "/"), strings.Join(peaks, ", "))
 	}
 }
