@@ -350,15 +350,7 @@ func runRejectsRetry(cmd *cobra.Command, g *globalOptions, o rejectsRetryOptions
 	if rep == nil {
 		return runErr // another run holds the sync's lease: nothing was done
 	}
-	if o.report != "" {
-		b, err := json.MarshalIndent(rep, "", "  ")
-		if err == nil {
-			err = os.WriteFile(o.report, append(b, '\n'), 0o644)
-		}
-		if err != nil {
-			fmt.Fprintf(g.stderr, "backflow: writing report %s: %v\n", o.report, err)
-		}
-	}
+	writeReport(g, o.report, rep)
 	if g.logFormat == "json" {
 		logger.Info("retry finished", "sync", rep.Sync, "run_id", rep.RunID, "retry_of", rep.RetryOf,
 			"status", rep.Status, "files", rep.Files, "rows", rep.Rows, "destinations", rep.Destinations,

@@ -157,15 +157,7 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 			}
 		}
 	}
-	if o.report != "" {
-		b, err := json.MarshalIndent(rep, "", "  ")
-		if err == nil {
-			err = os.WriteFile(o.report, append(b, '\n'), 0o644)
-		}
-		if err != nil {
-			fmt.Fprintf(g.stderr, "backflow: writing report %s: %v\n", o.report, err)
-		}
-	}
+	writeReport(g, o.report, rep)
 	if g.logFormat == "json" {
 		// Keep stderr all JSON lines for log shippers: the summary is a log record.
 		logger.Info("run finished", "sync", rep.Sync, "run_id", rep.RunID, "status", rep.Status,
@@ -189,6 +181,21 @@ func runSync(cmd *cobra.Command, g *globalOptions, o syncOptions) error {
 		return &exitError{code: exitPartial}
 	}
 	return nil
+}
+
+// writeReport writes the run report as indented JSON to path (nothing when path is
+// empty); a failure is said on stderr and changes no exit code: the run happened.
+func writeReport(g *globalOptions, path string, rep *pipeline.Report) {
+	if path == "" {
+		return
+	}
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err == nil {
+		err = os.WriteFile(path, append(b, '\n'), 0o644)
+	}
+	if err != nil {
+		fmt.Fprintf(g.stderr, "backflow: writing report %s: %v\n", path, err)
+	}
 }
 
 // checkWritable tells whether a file can be written at path: its directory exists and
