@@ -171,6 +171,20 @@ func TestSQSDiscovery(t *testing.T) {
 		t.Errorf("after the reconcile interval: want a listing that sends the 30 rows of the lost file\n%s", rep)
 	}
 	checkExactlyOnce(t, "the lost file", received(t, hook)[before:], idRange(4000, 30))
+
+	// The mapping changes, and no message waits: the full sync sends every file of the
+	// prefix again, not only what a queue would name.
+	c.Syncs[0].Mapping["user_id"] = "anon_id"
+	c.Syncs[0].Mapping["anonymous_id"] = "customer_id"
+	w.writeConfig(c)
+	before = len(received(t, hook))
+	rep = w.mustSync(0)
+	if rep.FullSyncReason != "mapping changed" || !rep.Discovery.Listed || rep.Rows.Sent != 280 {
+		t.Errorf("after a mapping change: want a full sync that lists and sends the 280 rows of the prefix\n%s", rep)
+	}
+	if n := len(received(t, hook)) - before; n != 280 {
+		t.Errorf("after a mapping change %d messages arrived, want 280", n)
+	}
 }
 
 func sortedStrings(s []string) []string {

@@ -287,7 +287,7 @@ func (r *run) run(ctx context.Context) error {
 			r.log.Warn("skipping object", "key", s.Key, "reason", s.Reason)
 		}
 	}
-	if len(listing.Objects) == 0 {
+	if len(listing.Objects) == 0 && listPrefix {
 		// Not an error (an export may not have run yet), but never silent: a typo in the
 		// url or include looks exactly like this.
 		r.log.Warn("no Parquet file to read", "source", r.sync.Source.URL, "include", r.sync.Source.Include,
@@ -302,17 +302,41 @@ func (r *run) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	objects := listing.Objects
-	if opts.Shard.Sharded() && r.sync.Mode != ModeDiff {
-		// Incremental and full: each file is read by the one shard it belongs to. (Mode
-		// diff reads every file and keeps the identifiers of this shard: dispatch.)
-		objects = objects[:0:0]
-		for _, o := range listing.Objects {
+	// shardObjects keeps the files of this shard: in modes incremental and full each file
+	// is read by the one shard it belongs to (mode diff reads every file and keeps the
+	// identifiers of this shard: dispatch).
+	shardObjects := func(all []reader.Object) []reader.Object {
+		if !opts.Shard.Sharded() || r.sync.Mode == ModeDiff {
+			return all
+		}
+		own := all[:0:0]
+		for _, o := range all {
 			if opts.Shard.OwnsFile(o.Key) {
-				objects = append(objects, o)
+				own = append(own, o)
 			}
 		}
-		r.report.Files.Listed = len(objects)
+		r.report.Files.Listed = len(own)
+		return own
+	}
+	objects := shardObjects(listing.Objects)
+	relist := func() error {
+		var err error
+		if listing, err = src.List(ctx); err != nil {
+			return err
+		}
+		r.events.counts.Listed, listPrefix = true, true
+		r.report.Files.Listed = len(listing.Objects) + len(listing.Skipped)
+		r.report.Files.Skipped = len(listing.Skipped)
+		objects, removed = shardObjects(listing.Objects), nil
+		return nil
+	}
+	mappingFP, sourceFP := MappingFingerprint(r.sync), SourceFingerprint(r.sync)
+	if !listPrefix && fullSyncReason(prev, r.sync, opts.Full, mappingFP, sourceFP, "") != "" {
+		// A full sync sends every file again, not only those the queue named: it lists
+		// (before the schema is inferred, from the whole prefix).
+		if err := relist(); err != nil {
+			return err
+		}
 	}
 
 	// The sync's schema is the first valid file's; files that fail are rejected.
@@ -336,13 +360,18 @@ func (r *run) run(ctx context.Context) error {
 		r.mapper = m
 	}
 
-	mappingFP, sourceFP := MappingFingerprint(r.sync), SourceFingerprint(r.sync)
 	reason := fullSyncReason(prev, r.sync, opts.Full, mappingFP, sourceFP, schemaFP)
 	if shardsChanged && (reason == "" || reason == ReasonFirstSync) {
 		reason = ReasonShardsChanged
 	}
 	r.report.FullSync = reason != ""
 	r.report.FullSyncReason = reason
+	if reason != "" && !listPrefix {
+		// The schema of a file the queue named changed (the other reasons listed above).
+		if err := relist(); err != nil {
+			return err
+		}
+	}
 	cp := &state.Checkpoint{Version: state.Version, Sync: r.state, Files: map[string]*state.File{}}
 	if prev != nil {
 		if reason == "" {
