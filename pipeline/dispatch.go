@@ -71,6 +71,9 @@ func (o *outbox) push(of *openFile, lo, hi int64, sel []mapper.Message) []*batch
 	for len(o.msgs) >= o.size {
 		full = append(full, o.cutLocked(o.size))
 	}
+	if full != nil {
+		o.compactLocked()
+	}
 	o.mu.Unlock()
 	return full
 }
@@ -115,10 +118,18 @@ func (o *outbox) cutLocked(k int) *batch {
 		o.spans[i].start = cutRow
 		o.n[i] -= k - taken
 	}
-	o.spans = append([]span(nil), o.spans[i:]...)
-	o.n = append([]int(nil), o.n[i:]...)
-	o.msgs = append([]mapper.Message(nil), rest...)
+	// The rest stays in place (cutting a record batch into small batches must not copy
+	// what is left at every cut); push compacts it once it has cut.
+	o.spans, o.n, o.msgs = o.spans[i:], o.n[i:], rest
 	return b
+}
+
+// compactLocked moves what is left to fresh arrays, so that the messages already cut
+// (copied into their batches) are not kept alive by the outbox.
+func (o *outbox) compactLocked() {
+	o.spans = append([]span(nil), o.spans...)
+	o.n = append([]int(nil), o.n...)
+	o.msgs = append([]mapper.Message(nil), o.msgs...)
 }
 
 // send queues batches for the writers, waiting while they are busy (backpressure); it

@@ -365,7 +365,10 @@ func (r *run) dispatch(ctx context.Context, of *openFile, m mapped) bool {
 	if r.opts.DryRun {
 		needed = make([]bool, len(m.msgs))
 	}
-	unchangedFor := make([]int, len(m.msgs)) // per message: destinations that have it
+	var unchangedFor []int // mode diff, per message: the destinations that have it
+	if entries != nil {
+		unchangedFor = make([]int, len(m.msgs))
+	}
 	sels := make([][]mapper.Message, n)
 	for d := range n {
 		resume := of.resume[d]
