@@ -102,6 +102,20 @@ func TestSQSDiscovery(t *testing.T) {
 		"discovery", map[string]any{"type": "sqs", "queue_url": queueURL, "endpoint": q.Endpoint, "reconcile": "24h"})
 	w.writeConfig(c)
 
+	// check reaches the queue without receiving from it; a queue that does not exist fails
+	// it, named.
+	if r := w.run("check"); r.Code != 0 || !strings.Contains(r.Stdout, "queue "+queueURL) {
+		t.Errorf("check of an sqs-discovered sync: want exit 0 and the queue checked\n%s", r)
+	}
+	bad := usersConfig(map[string]any{"type": "webhook", "url": hook.URL + "/hook"})
+	bad.Syncs[0].Source = with(s3Settings(m), "url", "s3://"+src+"/users/",
+		"discovery", map[string]any{"type": "sqs", "queue_url": queueURL + "-missing", "endpoint": q.Endpoint})
+	w.writeConfig(bad)
+	if r := w.run("check"); r.Code == 0 || !strings.Contains(r.Stdout+r.Stderr, queueURL+"-missing") {
+		t.Errorf("check with a missing queue: want a failure naming it\n%s", r)
+	}
+	w.writeConfig(c)
+
 	// Run 1: no run has listed yet, so it lists the prefix.
 	putUsers(t, m, src, "users/a.parquet", exampledata.Options{RowsPerFile: 100, FirstID: 0, Seed: 81})
 	putUsers(t, m, src, "users/b.parquet", exampledata.Options{RowsPerFile: 100, FirstID: 100, Seed: 82})

@@ -15,6 +15,7 @@ import (
 	"github.com/backflowhq/backflow/internal/suggest"
 	"github.com/backflowhq/backflow/mapper"
 	"github.com/backflowhq/backflow/reader"
+	"github.com/backflowhq/backflow/reader/discovery"
 	"github.com/backflowhq/backflow/schema"
 	"github.com/backflowhq/backflow/state"
 )
@@ -423,6 +424,17 @@ func checkRest(ctx context.Context, out []CheckResult, sync *config.Sync, reg *d
 		} else {
 			out = append(out, CheckResult{What: what, OK: true, Detail: ok})
 		}
+	}
+	if d := sync.Source.Discovery; d.Type == config.DiscoverySQS {
+		// The queue of event-driven discovery: counting its messages reaches it with the
+		// source's credentials and receives (hides) nothing.
+		what := "queue " + d.QueueURL
+		q, err := discovery.NewQueue(ctx, d, sync.Source.S3)
+		var n int
+		if err == nil {
+			n, err = q.Pending(ctx)
+		}
+		add(what, err, fmt.Sprintf("reachable; %d messages waiting", n))
 	}
 	if store != nil {
 		cp, err := store.Load(ctx, sync.Name)
