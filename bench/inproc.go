@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/destinations/all"
 	"github.com/backflowhq/backflow/mapper"
 	"github.com/backflowhq/backflow/reader"
 	"github.com/backflowhq/backflow/schema"
@@ -37,7 +38,7 @@ func mapInProcess(ctx context.Context, cfgPath, out string, workers int, env []s
 		}
 		return os.LookupEnv(name)
 	}
-	cfg, err := config.Load(cfgPath, lookup)
+	cfg, err := config.Load(cfgPath, lookup, all.Registry())
 	if err != nil {
 		return 0, err
 	}

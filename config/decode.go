@@ -33,11 +33,15 @@ func parse(data []byte, format string) (map[string]any, error) {
 // a string where a number belongs is parsed (so `${VAR}` works for numbers) but a
 // fractional number is not an integer and a bare number is not a duration. Every
 // problem is recorded at its key path.
-func decode(raw map[string]any, c *Config, p *problems) {
+func decode(raw map[string]any, c *Config, p *problems) { decodeInto(raw, c, "", p) }
+
+// decodeInto decodes raw into result (a pointer to a struct) the way decode does,
+// recording problems below the key path prefix.
+func decodeInto(raw map[string]any, result any, prefix string, p *problems) {
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
 		DecodeHook:  convert,
 		ErrorUnused: true, // checkKeys removed unknown keys; this is a safety net
-		Result:      c,
+		Result:      result,
 		TagName:     "mapstructure",
 		MatchName:   func(key, field string) bool { return key == field },
 	})
@@ -46,29 +50,35 @@ func decode(raw map[string]any, c *Config, p *problems) {
 		return
 	}
 	if err := dec.Decode(raw); err != nil {
-		collectDecodeErrors(err, p)
+		collectDecodeErrors(err, prefix, p)
 	}
 }
 
 // collectDecodeErrors flattens mapstructure's joined errors into problems.
-func collectDecodeErrors(err error, p *problems) {
+func collectDecodeErrors(err error, prefix string, p *problems) {
 	if joined, ok := err.(interface{ Unwrap() []error }); ok {
 		for _, e := range joined.Unwrap() {
-			collectDecodeErrors(e, p)
+			collectDecodeErrors(e, prefix, p)
 		}
 		return
 	}
 	if de, ok := err.(*mapstructure.DecodeError); ok {
-		p.addBad(mapstructurePath(de.Name()), de.Unwrap().Error())
+		name := mapstructurePath(de.Name())
+		if prefix != "" && name != "" {
+			name = joinPath(prefix, name)
+		} else if name == "" {
+			name = prefix
+		}
+		p.addBad(name, de.Unwrap().Error())
 		return
 	}
 	// mapstructure wraps its joined errors ("decoding failed due to …"): look inside,
 	// or every problem after the first would be lost.
 	if inner := errors.Unwrap(err); inner != nil {
-		collectDecodeErrors(inner, p)
+		collectDecodeErrors(inner, prefix, p)
 		return
 	}
-	p.addBad("", err.Error())
+	p.addBad(prefix, err.Error())
 }
 
 // mapstructurePath turns mapstructure's "mapping.rename[City]" into our

@@ -1,10 +1,6 @@
 package config
 
-import (
-	"time"
-
-	"github.com/backflowhq/backflow/internal/keytemplate"
-)
+import "time"
 
 // Defaults that other packages may want to name.
 const (
@@ -12,8 +8,6 @@ const (
 	DefaultInclude           = "*.parquet"
 	DefaultMaxRowGroupBytes  = 512 << 20 // 536870912
 	DefaultMaxRecordBytes    = 1 << 20   // 1048576
-	DefaultSegmentEndpoint   = "https://api.segment.io"
-	DefaultMaxObjectRows     = 1000000
 	DefaultRetryMaxAttempts  = 8
 	DefaultRetryMaxBackoff   = 30 * time.Second
 	DefaultTimeout           = 30 * time.Second
@@ -26,25 +20,17 @@ const (
 	MinReconcile = time.Minute
 )
 
-// perType are the defaults that depend on a destination's type.
-var perType = map[string]struct{ maxInFlight, batchSize int }{
-	DestSegment: {4, 1000},
-	DestWebhook: {4, 500},
-	DestFile:    {1, 5000},
-	DestStdout:  {1, 1000},
-	DestS3:      {1, 10000},
-}
-
 // SetDefaults fills every field left at its zero value with its default. Load already
 // does this (and there a number explicitly set to 0 stays 0, so that validation refuses
-// it); SetDefaults is for code that builds a Config by hand, such as tests.
-func (c *Config) SetDefaults() { applyDefaults(c, nil) }
+// it); SetDefaults is for code that builds a Config by hand, such as tests. It knows no
+// destination type: per-type defaults and options are left to the code that sets them.
+func (c *Config) SetDefaults() { applyDefaults(c, nil, nil) }
 
 // applyDefaults is the one place defaults live. isSet tells whether a key path was
 // written in the file; numbers and durations written explicitly (even as 0) are kept
 // for validation to judge, while empty strings always take their default. A nil
 // isSet treats every zero value as unset.
-func applyDefaults(c *Config, isSet func(path string) bool) {
+func applyDefaults(c *Config, isSet func(path string) bool, kinds Kinds) {
 	if isSet == nil {
 		isSet = func(string) bool { return false }
 	}
@@ -108,24 +94,15 @@ func applyDefaults(c *Config, isSet func(path string) bool) {
 			d := &s.Destinations[j]
 			dp := indexPath(sp+".destinations", j)
 			str(&d.Name, d.Type)
-			if t, ok := perType[d.Type]; ok {
-				num(dp+".max_in_flight", &d.MaxInFlight, t.maxInFlight)
-				num(dp+".batch_size", &d.BatchSize, t.batchSize)
+			if kinds != nil {
+				if k, ok := kinds.Kind(d.Type); ok {
+					num(dp+".max_in_flight", &d.MaxInFlight, k.MaxInFlight)
+					num(dp+".batch_size", &d.BatchSize, k.BatchSize)
+				}
 			}
 			num(dp+".retry.max_attempts", &d.Retry.MaxAttempts, DefaultRetryMaxAttempts)
 			dur(dp+".retry.max_backoff", &d.Retry.MaxBackoff, DefaultRetryMaxBackoff)
 			dur(dp+".timeout", &d.Timeout, DefaultTimeout)
-			switch d.Type {
-			case DestSegment:
-				str(&d.Endpoint, DefaultSegmentEndpoint)
-			case DestS3:
-				str(&d.Auth.Mode, AuthDefault)
-				str(&d.Format, FormatJSONL)
-				str(&d.Compression, CompressionNone)
-				str(&d.Key, keytemplate.Default)
-				str(&d.CSV.Delimiter, ",")
-				num64(dp+".max_object_rows", &d.MaxObjectRows, DefaultMaxObjectRows)
-			}
 		}
 	}
 }

@@ -16,9 +16,10 @@ import (
 
 // Load reads the configuration file at path (YAML, JSON or TOML, by its extension),
 // expands ${NAME} from lookupEnv, decodes it strictly, applies defaults, makes local
-// paths absolute against the file's directory and validates it. Every error is an
-// *Error listing all problems found.
-func Load(path string, lookupEnv func(string) (string, bool)) (*Config, error) {
+// paths absolute against the file's directory and validates it. Each destination's own
+// options are decoded and prepared by its type's kind in kinds (the destinations
+// registry). Every error is an *Error listing all problems found.
+func Load(path string, lookupEnv func(string) (string, bool), kinds Kinds) (*Config, error) {
 	fail := func(msg string, err error) error {
 		return &Error{File: path, Errors: []FieldError{{Msg: msg, Err: err}}}
 	}
@@ -38,7 +39,7 @@ func Load(path string, lookupEnv func(string) (string, bool)) (*Config, error) {
 		}
 		return nil, fail(msg, err)
 	}
-	c, err := LoadBytes(data, format, filepath.Dir(abs), lookupEnv)
+	c, err := LoadBytes(data, format, filepath.Dir(abs), lookupEnv, kinds)
 	if err != nil {
 		if ce, ok := err.(*Error); ok {
 			ce.File = path
@@ -65,7 +66,7 @@ func formatOf(path string) (string, bool) {
 // LoadBytes is Load for a configuration already in memory: format is "yaml", "yml",
 // "json" or "toml", and relative local paths are resolved against dir (the current
 // directory when empty). Config.Path is left empty. Every error is an *Error.
-func LoadBytes(data []byte, format, dir string, lookupEnv func(string) (string, bool)) (*Config, error) {
+func LoadBytes(data []byte, format, dir string, lookupEnv func(string) (string, bool), kinds Kinds) (*Config, error) {
 	if lookupEnv == nil {
 		lookupEnv = func(string) (string, bool) { return "", false }
 	}
@@ -99,12 +100,21 @@ func LoadBytes(data []byte, format, dir string, lookupEnv func(string) (string, 
 	expandTree(raw, "", lookupEnv, &p, &x)
 	c.expanded = x.vals
 	present := map[string]bool{}
+	own := destinationOptions(raw)
 	checkKeys(raw, reflect.TypeFor[Config](), "", &p, present)
 	decode(raw, c, &p)
+	if kinds != nil {
+		for i := range c.Syncs {
+			for j := range c.Syncs[i].Destinations {
+				dp := indexPath(indexPath("syncs", i)+".destinations", j)
+				decodeOptions(kinds, &c.Syncs[i].Destinations[j], dp, own[dp], &p, present)
+			}
+		}
+	}
 	isSet := func(path string) bool { return present[path] }
-	applyDefaults(c, isSet)
+	applyDefaults(c, isSet, kinds)
 	resolvePaths(c)
-	validate(c, &p, isSet)
+	validate(c, &p, isSet, kinds)
 
 	if len(p.list) > 0 {
 		// A bad value that came from a variable is shown, so that the user sees what

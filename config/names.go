@@ -22,19 +22,6 @@ const (
 	AuthKeys    = "keys"
 	AuthRole    = "role"
 
-	DestSegment = "segment"
-	DestWebhook = "webhook"
-	DestFile    = "file"
-	DestStdout  = "stdout"
-	DestS3      = "s3"
-
-	FormatJSONL   = "jsonl"
-	FormatCSV     = "csv"
-	FormatParquet = "parquet"
-
-	CompressionNone = "none"
-	CompressionGzip = "gzip"
-
 	NotifySlack   = "slack"
 	NotifyWebhook = "webhook"
 

@@ -66,14 +66,5 @@ func resolvePaths(c *Config) {
 				s.Source.URL = p
 			}
 		}
-		for j := range s.Destinations {
-			d := &s.Destinations[j]
-			if d.Type == DestFile && d.Path != "" {
-				if !filepath.IsAbs(d.Path) {
-					d.Path = filepath.Join(c.Dir, d.Path)
-				}
-				d.Path = filepath.Clean(d.Path)
-			}
-		}
 	}
 }

@@ -53,10 +53,8 @@ func (c *Config) structuralSecrets() []string {
 		notify(s.Notify)
 		auth(s.Source.S3.Auth)
 		for _, d := range s.Destinations {
-			add(d.WriteKey)
-			auth(d.Auth)
-			for _, k := range sortedKeys(d.Headers) {
-				add(d.Headers[k])
+			if so, ok := d.Options.(SecretOptions); ok {
+				add(so.Secrets()...)
 			}
 		}
 	}

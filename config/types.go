@@ -147,60 +147,25 @@ type Schedule struct {
 	Cron  string    `mapstructure:"cron"` // 5 fields, UTC
 }
 
-// Destination is one place messages are delivered to. Fields not used by
-// Type are rejected by validation.
+// Destination is one place messages are delivered to: the keys every type shares,
+// and the type's own options, decoded and prepared by the type's Kind (see Options).
 type Destination struct {
-	Type string `mapstructure:"type"` // segment | webhook | file | stdout | s3
+	Type string `mapstructure:"type"` // a registered destination type
 	Name string `mapstructure:"name"` // defaults to Type; unique within the sync
 
-	// Shared by every type.
 	MaxInFlight int           `mapstructure:"max_in_flight"` // concurrent requests
 	RateLimit   float64       `mapstructure:"rate_limit"`    // requests per second; 0: unlimited
 	Retry       Retry         `mapstructure:"retry"`
 	Timeout     time.Duration `mapstructure:"timeout"`    // one request
 	BatchSize   int           `mapstructure:"batch_size"` // messages per request
 
-	// segment
-	WriteKey string `mapstructure:"write_key"` // secret
-	// segment: the Segment-compatible API; s3: the S3-compatible endpoint.
-	Endpoint string `mapstructure:"endpoint"`
-
-	// webhook
-	URL     string            `mapstructure:"url"`     // webhook URL; s3 bucket URL
-	Headers map[string]string `mapstructure:"headers"` // values are secret
-	Gzip    bool              `mapstructure:"gzip"`
-	// NonRetryableStatus are the HTTP codes that refuse a batch for good (it is then split
-	// to isolate the refused messages). Default: every 4xx but 408 and 429.
-	NonRetryableStatus []int `mapstructure:"non_retryable_status"`
-
-	// file
-	Path string `mapstructure:"path"` // absolute after Load
-
-	// s3 (Endpoint above is shared with segment)
-	Region        string `mapstructure:"region"`
-	PathStyle     bool   `mapstructure:"path_style"`
-	Auth          Auth   `mapstructure:"auth"`
-	Key           string `mapstructure:"key"`
-	Format        string `mapstructure:"format"`      // jsonl | csv | parquet
-	Compression   string `mapstructure:"compression"` // none | gzip
-	CSV           CSV    `mapstructure:"csv"`
-	MaxObjectRows int64  `mapstructure:"max_object_rows"`
-	VerifyObject  string `mapstructure:"verify_object"`
+	// Options are the type's own options (a pointer to its struct), set by Load; code
+	// that builds a Destination by hand sets them itself.
+	Options Options `mapstructure:"-"`
 }
 
 // Retry bounds retries of one request.
 type Retry struct {
 	MaxAttempts int           `mapstructure:"max_attempts"`
 	MaxBackoff  time.Duration `mapstructure:"max_backoff"`
-}
-
-// CSV formats CSV objects of the s3 destination.
-type CSV struct {
-	Delimiter string `mapstructure:"delimiter"` // "," | "|" | "tab"
-	QuoteAll  bool   `mapstructure:"quote_all"`
-}
-
-// S3 returns the connection settings of an s3 destination.
-func (d Destination) S3() S3Options {
-	return S3Options{Region: d.Region, Endpoint: d.Endpoint, PathStyle: d.PathStyle, Auth: d.Auth}
 }

@@ -6,7 +6,6 @@ import (
 	"math"
 	"net/url"
 	"os"
-	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/backflowhq/backflow/internal/cronspec"
 	"github.com/backflowhq/backflow/internal/glob"
-	"github.com/backflowhq/backflow/internal/keytemplate"
 )
 
 var (
@@ -26,19 +24,6 @@ var (
 // that it is safe in file names, object keys and URLs. serve checks names with it too.
 func ValidName(name string) bool { return nameRE.MatchString(name) }
 
-// usedBy lists, per destination type, the keys it reads besides the shared ones.
-var usedBy = map[string][]string{
-	DestSegment: {"write_key", "endpoint"},
-	DestWebhook: {"url", "headers", "gzip", "non_retryable_status"},
-	DestFile:    {"path"},
-	DestStdout:  {},
-	DestS3: {"url", "endpoint", "region", "path_style", "auth", "key", "format",
-		"compression", "csv", "max_object_rows", "verify_object"},
-}
-
-// sharedKeys are taken by every destination type.
-var sharedKeys = []string{"type", "name", "max_in_flight", "rate_limit", "retry", "timeout", "batch_size"}
-
 // s3Keys are the connection keys of sources and state that only an s3:// location uses.
 var s3Keys = []string{"region", "endpoint", "path_style", "auth"}
 
@@ -47,10 +32,14 @@ var s3Keys = []string{"region", "endpoint", "path_style", "auth"}
 type validator struct {
 	p     *problems
 	isSet func(string) bool
+	kinds Kinds
+	dir   string
+	// claims are the local files destinations write (see OptionsCheck.Claim).
+	claims map[string]string
 }
 
-func validate(c *Config, p *problems, isSet func(string) bool) {
-	v := &validator{p: p, isSet: isSet}
+func validate(c *Config, p *problems, isSet func(string) bool, kinds Kinds) {
+	v := &validator{p: p, isSet: isSet, kinds: kinds, dir: c.Dir, claims: map[string]string{}}
 	v.state(c)
 	v.serve(c.Serve)
 	v.notify("notify", c.Notify)
@@ -58,7 +47,6 @@ func validate(c *Config, p *problems, isSet func(string) bool) {
 		v.p.check("syncs", "at least one sync is required")
 	}
 	names := map[string]int{}
-	files := map[string]string{}
 	for i := range c.Syncs {
 		sp := indexPath("syncs", i)
 		s := &c.Syncs[i]
@@ -78,7 +66,7 @@ func validate(c *Config, p *problems, isSet func(string) bool) {
 		v.mapping(sp+".mapping", &s.Mapping)
 		v.oneOf(sp+".mode", s.Mode, ModeIncremental, ModeFull, ModeDiff)
 		v.schedule(sp+".schedule", s.Schedule)
-		v.destinations(sp+".destinations", s.Destinations, files)
+		v.destinations(sp+".destinations", s.Destinations)
 		v.notify(sp+".notify", s.Notify)
 	}
 }
@@ -449,18 +437,22 @@ func (v *validator) schedule(sp string, s Schedule) {
 	}
 }
 
-func (v *validator) destinations(dp string, ds []Destination, files map[string]string) {
+func (v *validator) destinations(dp string, ds []Destination) {
 	if len(ds) == 0 {
 		v.p.check(dp, "at least one destination is required")
 	}
 	names := map[string]int{}
 	for i := range ds {
-		v.destination(indexPath(dp, i), &ds[i], names, i, files)
+		v.destination(indexPath(dp, i), &ds[i], names, i)
 	}
 }
 
-func (v *validator) destination(dp string, d *Destination, names map[string]int, i int, files map[string]string) {
-	typeOK := v.oneOf(dp+".type", d.Type, DestSegment, DestWebhook, DestFile, DestStdout, DestS3)
+func (v *validator) destination(dp string, d *Destination, names map[string]int, i int) {
+	var types []string
+	if v.kinds != nil {
+		types = v.kinds.Types()
+	}
+	typeOK := v.oneOf(dp+".type", d.Type, types...)
 	switch {
 	case d.Name == "" && !typeOK:
 		// the type is reported already; the name defaults to it
@@ -495,85 +487,8 @@ func (v *validator) destination(dp string, d *Destination, names map[string]int,
 	if !typeOK {
 		return
 	}
-	for _, f := range structKeys(destinationType) {
-		if v.isSet(joinPath(dp, f.key)) && !slices.Contains(sharedKeys, f.key) && !slices.Contains(usedBy[d.Type], f.key) {
-			v.p.check(joinPath(dp, f.key), "not used by type "+d.Type)
-		}
-	}
-
-	switch d.Type {
-	case DestSegment:
-		if d.WriteKey == "" {
-			v.p.check(dp+".write_key", "is required for type segment")
-		}
-		if !isHTTPURL(d.Endpoint) {
-			v.p.check(dp+".endpoint", "must be an http:// or https:// URL")
-		}
-	case DestWebhook:
-		if d.URL == "" {
-			v.p.check(dp+".url", "is required for type webhook")
-		} else if !isHTTPURL(d.URL) {
-			v.p.check(dp+".url", "must be an http:// or https:// URL")
-		}
-		for _, name := range sortedKeys(d.Headers) {
-			hp := joinPath(dp+".headers", name)
-			if !isToken(name) {
-				v.p.check(hp, "is not a valid HTTP header name")
-			}
-			if strings.ContainsAny(d.Headers[name], "\r\n\x00") {
-				v.p.check(hp, "the value must not contain line breaks or NUL")
-			}
-		}
-		for k, code := range d.NonRetryableStatus {
-			if code < 400 || code > 499 {
-				v.p.check(indexPath(dp+".non_retryable_status", k), fmt.Sprintf("%d is not a 4xx status code", code))
-			}
-		}
-	case DestFile:
-		if d.Path == "" {
-			v.p.check(dp+".path", "is required for type file")
-		} else if prev, dup := files[d.Path]; dup {
-			v.p.check(dp+".path", "is also written by "+prev)
-		} else {
-			files[d.Path] = dp
-		}
-	case DestS3:
-		v.s3Destination(dp, d)
-	}
-}
-
-var destinationType = reflect.TypeFor[Destination]()
-
-func (v *validator) s3Destination(dp string, d *Destination) {
-	switch {
-	case d.URL == "":
-		v.p.check(dp+".url", "is required for type s3: s3://bucket/prefix")
-	case !IsS3URL(d.URL):
-		v.p.check(dp+".url", "must be s3://bucket/prefix")
-	default:
-		if _, _, ok := SplitS3URL(d.URL); !ok {
-			v.p.check(dp+".url", "must be s3://bucket/prefix: the bucket is missing")
-		}
-	}
-	v.s3Options(dp, d.S3())
-	formatOK := v.oneOf(dp+".format", d.Format, FormatJSONL, FormatCSV, FormatParquet)
-	if v.oneOf(dp+".compression", d.Compression, CompressionNone, CompressionGzip) &&
-		d.Compression == CompressionGzip && d.Format == FormatParquet {
-		v.p.check(dp+".compression", "gzip is not used with format parquet (Parquet compresses inside, with snappy)")
-	}
-	if formatOK && d.Format != FormatCSV && v.isSet(dp+".csv") {
-		v.p.check(dp+".csv", "only used by format csv")
-	}
-	switch d.CSV.Delimiter {
-	case ",", "|", "tab", "\t":
-	default:
-		v.p.check(dp+".csv.delimiter", fmt.Sprintf("%q is not one of \",\", \"|\", \"tab\"", d.CSV.Delimiter))
-	}
-	if d.MaxObjectRows < 1 {
-		v.p.check(dp+".max_object_rows", "must be at least 1")
-	}
-	if err := keytemplate.Validate(d.Key); err != nil {
-		v.p.check(dp+".key", err.Error())
+	if d.Options != nil {
+		d.Options.Prepare(&OptionsCheck{v: v, path: dp, dir: v.dir, claims: v.claims})
 	}
 }
 

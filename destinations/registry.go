@@ -1,6 +1,7 @@
 package destinations
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -57,45 +58,73 @@ type Deferred interface {
 	DurableUnit() int
 }
 
-// Registry maps destination types to their factories. Registration is explicit, in one
+// Kind is one destination type: its name, its defaults and options (config.Kind, which
+// the configuration loader uses), and its factory. Each destination package returns its
+// own from a function named Kind, and package destinations/all registers them all.
+type Kind struct {
+	Type string
+	config.Kind
+	New Factory
+}
+
+// OptionsOf returns cfg's options as T: the type's options struct that the
+// configuration loader decoded and prepared, or that a caller building cfg by hand set.
+// Options of another type, or none, are an error naming the destination.
+func OptionsOf[T config.Options](cfg config.Destination) (T, error) {
+	o, ok := cfg.Options.(T)
+	if !ok {
+		var zero T
+		return zero, fmt.Errorf("destination %s has no %s options (%T)", cmp.Or(cfg.Name, cfg.Type), cmp.Or(cfg.Type, "typed"), cfg.Options)
+	}
+	return o, nil
+}
+
+// Registry maps destination types to their kinds. Registration is explicit, in one
 // place (package destinations/all), as restic registers its backends: no init() magic.
+// It implements config.Kinds.
 type Registry struct {
-	factories map[string]Factory
+	kinds map[string]Kind
 }
 
 // NewRegistry returns an empty registry.
 func NewRegistry() *Registry {
-	return &Registry{factories: map[string]Factory{}}
+	return &Registry{kinds: map[string]Kind{}}
 }
 
-// Register adds the factory of typ. Registering a type twice, an empty type or a nil
-// factory is a programmer error: it panics.
-func (r *Registry) Register(typ string, f Factory) {
-	if typ == "" || f == nil {
-		panic("destinations: Register needs a type and a factory")
+// Register adds a kind. Registering a type twice, an empty type, or a kind without a
+// factory or options is a programmer error: it panics.
+func (r *Registry) Register(k Kind) {
+	if k.Type == "" || k.New == nil || k.NewOptions == nil {
+		panic("destinations: Register needs a type, a factory and options")
 	}
-	if _, dup := r.factories[typ]; dup {
-		panic(fmt.Sprintf("destinations: type %q registered twice", typ))
+	if _, dup := r.kinds[k.Type]; dup {
+		panic(fmt.Sprintf("destinations: type %q registered twice", k.Type))
 	}
-	r.factories[typ] = f
+	r.kinds[k.Type] = k
 }
 
 // Types returns the registered types, sorted.
 func (r *Registry) Types() []string {
-	return slices.Sorted(maps.Keys(r.factories))
+	return slices.Sorted(maps.Keys(r.kinds))
+}
+
+// Kind returns what the configuration needs of typ (config.Kinds).
+func (r *Registry) Kind(typ string) (config.Kind, bool) {
+	k, ok := r.kinds[typ]
+	return k.Kind, ok
 }
 
 // New builds the destination cfg describes and wraps it (see Wrap) with its retry,
 // rate-limit, timeout and splitting settings. env.Logger may be nil.
 func (r *Registry) New(ctx context.Context, cfg config.Destination, env Env) (Destination, error) {
-	f, ok := r.factories[cfg.Type]
+	k, ok := r.kinds[cfg.Type]
 	if !ok {
 		return nil, fmt.Errorf("unknown destination type %q (known: %s)", cfg.Type, strings.Join(r.Types(), ", "))
 	}
 	if env.Logger == nil {
 		env.Logger = slog.New(slog.DiscardHandler)
 	}
-	d, err := f(ctx, cfg, env)
+	d, err := k.New(ctx, cfg, env)
 	if err != nil {
 		return nil, fmt.Errorf("creating %s destination: %w", cfg.Type, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/destinations/all"
 	"github.com/backflowhq/backflow/internal/logging"
 	"github.com/backflowhq/backflow/state"
 )
@@ -39,7 +40,7 @@ func (g *globalOptions) addFlags(c *cobra.Command) {
 	// Sync names come from the config file the command line names, as the command
 	// would load it.
 	_ = c.RegisterFlagCompletionFunc("sync", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
-		cfg, err := config.Load(g.configPath(), g.getenv)
+		cfg, err := config.Load(g.configPath(), g.getenv, all.Registry())
 		if err != nil {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
@@ -70,7 +71,7 @@ func (g *globalOptions) configPath() string {
 }
 
 func (g *globalOptions) loadConfig() (*config.Config, error) {
-	cfg, err := config.Load(g.configPath(), g.getenv)
+	cfg, err := config.Load(g.configPath(), g.getenv, all.Registry())
 	if err != nil {
 		return nil, err
 	}

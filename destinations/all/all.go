@@ -1,9 +1,8 @@
 // Package all registers every destination type backflow ships, in one place, as restic's
-// backend/all does: adding a destination is one line here.
+// backend/all does: adding a destination is one line here (and its own folder).
 package all
 
 import (
-	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
 	"github.com/backflowhq/backflow/destinations/file"
 	"github.com/backflowhq/backflow/destinations/s3"
@@ -12,14 +11,13 @@ import (
 	"github.com/backflowhq/backflow/destinations/webhook"
 )
 
-// Registry returns a registry of every destination type: segment, webhook, file, stdout
-// and s3.
+// Registry returns a registry of every destination type.
 func Registry() *destinations.Registry {
 	r := destinations.NewRegistry()
-	r.Register(config.DestSegment, segment.New)
-	r.Register(config.DestWebhook, webhook.New)
-	r.Register(config.DestFile, file.New)
-	r.Register(config.DestStdout, stdout.New)
-	r.Register(config.DestS3, s3.New)
+	r.Register(file.Kind())
+	r.Register(s3.Kind())
+	r.Register(segment.Kind())
+	r.Register(stdout.Kind())
+	r.Register(webhook.Kind())
 	return r
 }

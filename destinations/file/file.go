@@ -41,12 +41,45 @@ type File struct {
 	closed bool
 }
 
+// Type is the file destination's type name in the configuration.
+const Type = "file"
+
+// Options are the file destination's own configuration keys.
+type Options struct {
+	// Path is the file appended to: absolute once prepared (a relative path is resolved
+	// against the configuration file's directory).
+	Path string `mapstructure:"path"`
+}
+
+// Prepare resolves the path and checks that no other destination writes the same file.
+func (o *Options) Prepare(c *config.OptionsCheck) {
+	if !c.Required("path", Type, o.Path) {
+		return
+	}
+	o.Path = c.LocalPath(o.Path)
+	c.Claim("path", o.Path)
+}
+
+// Kind is the file destination's kind: one writer (appends are serialised anyway),
+// 5,000 lines per fsync.
+func Kind() destinations.Kind {
+	return destinations.Kind{
+		Type: Type,
+		Kind: config.Kind{MaxInFlight: 1, BatchSize: 5000, NewOptions: func() config.Options { return &Options{} }},
+		New:  New,
+	}
+}
+
 // New is the file destination's Factory.
 func New(_ context.Context, cfg config.Destination, _ destinations.Env) (destinations.Destination, error) {
-	if cfg.Path == "" {
+	o, err := destinations.OptionsOf[*Options](cfg)
+	if err != nil {
+		return nil, err
+	}
+	if o.Path == "" {
 		return nil, errors.New("path is required")
 	}
-	return &File{path: cfg.Path}, nil
+	return &File{path: o.Path}, nil
 }
 
 // Write appends msgs, one line each, and fsyncs before returning: nil means every line is

@@ -69,7 +69,7 @@ func TestDurableMidRun(t *testing.T) {
 			e := newEnv(t)
 			cfg := e.cfg(format)
 			cfg.MaxObjectRows = 10
-			d := e.newDest(t, cfg, options{})
+			d := e.newDest(t, cfg, tuning{})
 			rec := newDurables()
 			visible := map[int]int{} // write → objects visible when its durable ran
 			durable := func(w int) func() {
@@ -116,7 +116,7 @@ func TestDurableMidRun(t *testing.T) {
 // are durable at once; a write failing as a whole never is.
 func TestDurableNoneAccepted(t *testing.T) {
 	e := newEnv(t)
-	d := e.newDest(t, e.cfg("csv"), options{})
+	d := e.newDest(t, e.cfg("csv"), tuning{})
 	rec := newDurables()
 	bad := newMsg("identify", "bad", "ub", `{"a":`, "")
 	err := d.WriteDeferred(context.Background(), []mapper.Message{bad, bad}, rec.fn(0))
@@ -163,7 +163,7 @@ func TestDurableAbortedObject(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.cfg("jsonl")
 	cfg.MaxObjectRows = 4000 // ~6 MB: object 0 is a real multipart upload too
-	d := e.newDest(t, cfg, options{partSize: 5 << 20, client: failParts{e.mio.Client, wantKey(1, "jsonl")}})
+	d := e.newDest(t, cfg, tuning{partSize: 5 << 20, client: failParts{e.mio.Client, wantKey(1, "jsonl")}})
 	rec := newDurables()
 	var (
 		err error
@@ -210,7 +210,7 @@ func TestDurableCloseAborts(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.cfg("jsonl")
 	cfg.MaxObjectRows = 10
-	d := e.newDest(t, cfg, options{})
+	d := e.newDest(t, cfg, tuning{})
 	rec := newDurables()
 	for w, b := range batches(testMessages("ca", 16), 6) { // objects: 0-9 complete, 10-15 open
 		if err := d.WriteDeferred(context.Background(), b, rec.fn(w)); err != nil {
@@ -239,7 +239,7 @@ func TestDurableConcurrentWriters(t *testing.T) {
 			e := newEnv(t)
 			cfg := e.cfg(format)
 			cfg.MaxObjectRows = 97
-			d := e.newDest(t, cfg, options{})
+			d := e.newDest(t, cfg, tuning{})
 			rec := newDurables()
 			const writers, perWriter = 8, 25
 			var (
@@ -349,7 +349,7 @@ func TestDurableRandomized(t *testing.T) {
 			e := newEnv(t)
 			cfg := e.cfg(format)
 			cfg.MaxObjectRows = maxRows
-			d := e.newDest(t, cfg, options{})
+			d := e.newDest(t, cfg, tuning{})
 			rec := newDurables()
 			maxBatch := 30
 			if maxRows > 0 && maxRows <= 2 {

@@ -45,7 +45,7 @@ func TestFigures(t *testing.T) {
 			cfg := e.cfg(tc.format)
 			cfg.Compression = tc.compression
 			cfg.MaxObjectRows = int64(total)
-			d, err := newDestination(context.Background(), cfg, testEnv(), options{})
+			d, err := newDestination(context.Background(), cfg, testEnv(), tuning{})
 			if err != nil {
 				t.Fatal(err)
 			}

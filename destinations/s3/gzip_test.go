@@ -34,7 +34,7 @@ func TestGzipMultipart(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.cfg("jsonl")
 	cfg.Compression = "gzip"
-	d := e.newDest(t, cfg, options{partSize: 5 << 20, partsInFlight: 1})
+	d := e.newDest(t, cfg, tuning{partSize: 5 << 20, partsInFlight: 1})
 	msgs := noisyMessages("gm", 10000, 1400) // ~11 MB compressed: three parts
 	rec := newDurables()
 	for w, b := range batches(msgs, 700) {
@@ -75,7 +75,7 @@ func TestGzipPartFailure(t *testing.T) {
 	}
 	cfg := e.cfg("jsonl")
 	cfg.Compression = "gzip"
-	d := e.newDest(t, cfg, options{partSize: 5 << 20, client: hook})
+	d := e.newDest(t, cfg, tuning{partSize: 5 << 20, client: hook})
 	rec := newDurables()
 	var err error
 	for w, b := range batches(noisyMessages("gf", 12000, 1400), 500) {
@@ -115,7 +115,7 @@ func TestGzipCancelWhileCompressing(t *testing.T) {
 	}
 	cfg := e.cfg("jsonl")
 	cfg.Compression = "gzip"
-	d := e.newDest(t, cfg, options{partSize: 5 << 20, partsInFlight: 1, client: hook})
+	d := e.newDest(t, cfg, tuning{partSize: 5 << 20, partsInFlight: 1, client: hook})
 	durable := false
 	err := d.WriteDeferred(ctx, noisyMessages("gc", 20000, 1400), func() { durable = true })
 	if err == nil || !errors.Is(err, context.Canceled) {

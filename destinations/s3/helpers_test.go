@@ -181,7 +181,7 @@ func testEnv() destinations.Env {
 
 // newDest builds a destination with a checked allocator (asserted empty at cleanup) and
 // the given upload options.
-func (e *env) newDest(t *testing.T, cfg config.Destination, opts options) *Destination {
+func (e *env) newDest(t *testing.T, cfg config.Destination, opts tuning) *Destination {
 	t.Helper()
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
 	t.Cleanup(func() { mem.AssertSize(t, 0) })

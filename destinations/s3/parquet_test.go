@@ -153,7 +153,7 @@ func parquetColumn(t *testing.T, data []byte, name string) []string {
 
 func TestParquet(t *testing.T) {
 	e := newEnv(t)
-	d := e.newDest(t, e.cfg("parquet"), options{})
+	d := e.newDest(t, e.cfg("parquet"), tuning{})
 	msgs := testMessages("p", 300)
 	write(t, d, batches(msgs, 128)...)
 	if err := d.Flush(context.Background()); err != nil {
@@ -190,7 +190,7 @@ func TestParquet(t *testing.T) {
 // int64 column, a string in a boolean one) starts a new object with the wider type.
 func TestParquetTypeWidening(t *testing.T) {
 	e := newEnv(t)
-	d := e.newDest(t, e.cfg("parquet"), options{})
+	d := e.newDest(t, e.cfg("parquet"), tuning{})
 	a := []mapper.Message{newMsg("identify", "m1", "u1", `{"x":1,"f":true,"s":null}`, "")}
 	b := []mapper.Message{
 		newMsg("identify", "m2", "u2", `{"x":2,"f":false,"s":"later"}`, ""), // s was all null: a string column takes it
@@ -229,7 +229,7 @@ func TestParquetTypeWidening(t *testing.T) {
 // TestParquetRowGroups writes more rows than one row group holds.
 func TestParquetRowGroups(t *testing.T) {
 	e := newEnv(t)
-	d := e.newDest(t, e.cfg("parquet"), options{rowGroupRows: 1000})
+	d := e.newDest(t, e.cfg("parquet"), tuning{rowGroupRows: 1000})
 	msgs := largeMessages("rg", 2500, 10)
 	write(t, d, batches(msgs, 300)...)
 	if err := d.Flush(context.Background()); err != nil {

@@ -53,8 +53,8 @@ const (
 	maxKeyBytes = 1024
 )
 
-// options are the knobs tests turn; New uses the defaults.
-type options struct {
+// tuning are the knobs tests turn; New uses the defaults.
+type tuning struct {
 	mem           memory.Allocator
 	partSize      int
 	partsInFlight int
@@ -128,14 +128,118 @@ func (o *object) discard() error {
 	return o.up.abort()
 }
 
+// Type is the s3 destination's type name in the configuration.
+const Type = "s3"
+
+// The values of format and compression.
+const (
+	FormatJSONL     = "jsonl"
+	FormatCSV       = "csv"
+	FormatParquet   = "parquet"
+	CompressionNone = "none"
+	CompressionGzip = "gzip"
+)
+
+// DefaultMaxObjectRows is the default of max_object_rows.
+const DefaultMaxObjectRows = 1000000
+
+// Options are the s3 destination's own configuration keys.
+type Options struct {
+	URL string `mapstructure:"url"` // s3://bucket/prefix
+	// Region, Endpoint, PathStyle and Auth reach the bucket.
+	config.S3Options `mapstructure:",squash"`
+	// Key is the object key template below the prefix (internal/keytemplate).
+	Key           string `mapstructure:"key"`
+	Format        string `mapstructure:"format"`      // jsonl | csv | parquet
+	Compression   string `mapstructure:"compression"` // none | gzip
+	CSV           CSV    `mapstructure:"csv"`
+	MaxObjectRows int64  `mapstructure:"max_object_rows"`
+	// VerifyObject is the key (below the bucket) of an object Check reads, to prove
+	// read access too.
+	VerifyObject string `mapstructure:"verify_object"`
+}
+
+// CSV formats CSV objects.
+type CSV struct {
+	Delimiter string `mapstructure:"delimiter"` // "," | "|" | "tab"
+	QuoteAll  bool   `mapstructure:"quote_all"`
+}
+
+// Prepare fills the defaults and checks every key.
+func (o *Options) Prepare(c *config.OptionsCheck) {
+	def := func(v *string, d string) {
+		if *v == "" {
+			*v = d
+		}
+	}
+	def(&o.Auth.Mode, config.AuthDefault)
+	def(&o.Format, FormatJSONL)
+	def(&o.Compression, CompressionNone)
+	def(&o.Key, keytemplate.Default)
+	def(&o.CSV.Delimiter, ",")
+	if o.MaxObjectRows == 0 && !c.IsSet("max_object_rows") {
+		o.MaxObjectRows = DefaultMaxObjectRows
+	}
+
+	switch {
+	case o.URL == "":
+		c.Problem("url", "is required for type s3: s3://bucket/prefix")
+	case !config.IsS3URL(o.URL):
+		c.Problem("url", "must be s3://bucket/prefix")
+	default:
+		if _, _, ok := config.SplitS3URL(o.URL); !ok {
+			c.Problem("url", "must be s3://bucket/prefix: the bucket is missing")
+		}
+	}
+	c.S3(o.S3Options)
+	formatOK := c.OneOf("format", o.Format, FormatJSONL, FormatCSV, FormatParquet)
+	if c.OneOf("compression", o.Compression, CompressionNone, CompressionGzip) &&
+		o.Compression == CompressionGzip && o.Format == FormatParquet {
+		c.Problem("compression", "gzip is not used with format parquet (Parquet compresses inside, with snappy)")
+	}
+	if formatOK && o.Format != FormatCSV && c.IsSet("csv") {
+		c.Problem("csv", "only used by format csv")
+	}
+	switch o.CSV.Delimiter {
+	case ",", "|", "tab", "\t":
+	default:
+		c.Problem("csv.delimiter", fmt.Sprintf("%q is not one of \",\", \"|\", \"tab\"", o.CSV.Delimiter))
+	}
+	if o.MaxObjectRows < 1 {
+		c.Problem("max_object_rows", "must be at least 1")
+	}
+	if err := keytemplate.Validate(o.Key); err != nil {
+		c.Problem("key", err.Error())
+	}
+}
+
+// Secrets are the credentials of Auth.
+func (o *Options) Secrets() []string {
+	return []string{o.Auth.SecretAccessKey, o.Auth.SessionToken, o.Auth.ExternalID}
+}
+
+// Kind is the s3 destination's kind: one writer (objects are written in order),
+// batches of 10,000 messages.
+func Kind() destinations.Kind {
+	return destinations.Kind{
+		Type: Type,
+		Kind: config.Kind{MaxInFlight: 1, BatchSize: 10000, NewOptions: func() config.Options { return &Options{} }},
+		New:  New,
+	}
+}
+
 // New builds an s3 destination from its validated config (the destinations.Factory
 // signature). It makes no request but the lookup of the bucket's region when none is
 // configured (s3conn.New); Check reaches the bucket.
 func New(ctx context.Context, cfg config.Destination, env destinations.Env) (destinations.Destination, error) {
-	return newDestination(ctx, cfg, env, options{})
+	return newDestination(ctx, cfg, env, tuning{})
 }
 
-func newDestination(ctx context.Context, cfg config.Destination, env destinations.Env, opts options) (*Destination, error) {
+func newDestination(ctx context.Context, cfg config.Destination, env destinations.Env, opts tuning) (*Destination, error) {
+	o, err := destinations.OptionsOf[*Options](cfg)
+	if err != nil {
+		return nil, err
+	}
 	name := cfg.Name
 	if name == "" {
 		name = cfg.Type
@@ -146,26 +250,26 @@ func newDestination(ctx context.Context, cfg config.Destination, env destination
 	fail := func(format string, args ...any) error {
 		return fmt.Errorf("destination %s: "+format, append([]any{name}, args...)...)
 	}
-	bucket, prefix, ok := s3conn.ParseURL(cfg.URL)
+	bucket, prefix, ok := s3conn.ParseURL(o.URL)
 	if !ok {
-		return nil, fail("url %q must be s3://bucket/prefix", cfg.URL)
+		return nil, fail("url %q must be s3://bucket/prefix", o.URL)
 	}
 	if prefix != "" && !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
 	d := &Destination{
 		name: name, bucket: bucket, prefix: prefix,
-		template:  cfg.Key,
-		format:    cfg.Format,
-		maxRows:   cfg.MaxObjectRows,
-		verify:    strings.TrimPrefix(cfg.VerifyObject, "/"),
+		template:  o.Key,
+		format:    o.Format,
+		maxRows:   o.MaxObjectRows,
+		verify:    strings.TrimPrefix(o.VerifyObject, "/"),
 		timeout:   cfg.Timeout,
 		mem:       opts.mem,
 		createdBy: "backflow",
 		log:       env.Logger,
 		base:      context.WithoutCancel(ctx),
 		delim:     ',',
-		quoteAll:  cfg.CSV.QuoteAll,
+		quoteAll:  o.CSV.QuoteAll,
 	}
 	if env.Version != "" {
 		d.createdBy = "backflow version " + env.Version
@@ -179,12 +283,12 @@ func newDestination(ctx context.Context, cfg config.Destination, env destination
 	if d.format == "" {
 		d.format = "jsonl"
 	}
-	switch cfg.Compression {
+	switch o.Compression {
 	case "", "none":
 	case "gzip":
 		d.gzip = true
 	default:
-		return nil, fail("compression %q is not one of none, gzip", cfg.Compression)
+		return nil, fail("compression %q is not one of none, gzip", o.Compression)
 	}
 	ext := d.format
 	switch d.format {
@@ -192,14 +296,14 @@ func newDestination(ctx context.Context, cfg config.Destination, env destination
 		d.contentType = "application/x-ndjson"
 	case "csv":
 		d.contentType = "text/csv"
-		switch cfg.CSV.Delimiter {
+		switch o.CSV.Delimiter {
 		case "", ",":
 		case "|":
 			d.delim = '|'
 		case "tab", "\t":
 			d.delim = '\t'
 		default:
-			return nil, fail("csv.delimiter %q is not one of \",\", \"|\", \"tab\"", cfg.CSV.Delimiter)
+			return nil, fail("csv.delimiter %q is not one of \",\", \"|\", \"tab\"", o.CSV.Delimiter)
 		}
 	case "parquet":
 		if d.gzip {
@@ -257,7 +361,7 @@ func newDestination(ctx context.Context, cfg config.Destination, env destination
 	if opts.client != nil {
 		d.client = opts.client
 	} else {
-		client, err := s3conn.New(ctx, cfg.S3(), bucket, cfg.Retry.MaxAttempts)
+		client, err := s3conn.New(ctx, o.S3Options, bucket, cfg.Retry.MaxAttempts)
 		if err != nil {
 			return nil, fail("%w", err)
 		}

@@ -34,7 +34,7 @@ func TestJSONL(t *testing.T) {
 				cfg.Compression = "gzip"
 				ext = "jsonl.gz"
 			}
-			d := e.newDest(t, cfg, options{})
+			d := e.newDest(t, cfg, tuning{})
 			msgs := testMessages("j", 250)
 			write(t, d, batches(msgs, 100)...)
 			if k := e.keys(t); len(k) != 0 {
@@ -142,7 +142,7 @@ func TestCSV(t *testing.T) {
 				cfg.Compression = "gzip"
 				ext = "csv.gz"
 			}
-			d := e.newDest(t, cfg, options{})
+			d := e.newDest(t, cfg, tuning{})
 			msgs := testMessages("c", 90)
 			write(t, d, batches(msgs, 40)...)
 			if err := d.Flush(context.Background()); err != nil {
@@ -174,7 +174,7 @@ func TestCSVNullAndEmpty(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.cfg("csv")
 	cfg.CSV.QuoteAll = true
-	d := e.newDest(t, cfg, options{})
+	d := e.newDest(t, cfg, tuning{})
 	write(t, d, []mapper.Message{newMsg("identify", "m1", "u1", `{"a":"","b":null}`, "")})
 	if err := d.Flush(context.Background()); err != nil {
 		t.Fatal(err)
@@ -191,7 +191,7 @@ func TestCSVNullAndEmpty(t *testing.T) {
 // next one has the wider set of columns.
 func TestColumnsWiden(t *testing.T) {
 	e := newEnv(t)
-	d := e.newDest(t, e.cfg("csv"), options{})
+	d := e.newDest(t, e.cfg("csv"), tuning{})
 	first := []mapper.Message{newMsg("identify", "m1", "u1", `{"a":1}`, ""), newMsg("identify", "m2", "u2", `{"a":2}`, "")}
 	second := []mapper.Message{newMsg("identify", "m3", "u3", `{"a":3}`, ""), newMsg("identify", "m4", "u4", `{"b":"x","a":4}`, ""),
 		newMsg("identify", "m5", "u5", `{"c":true}`, "")}
@@ -221,7 +221,7 @@ func TestMaxObjectRows(t *testing.T) {
 			e := newEnv(t)
 			cfg := e.cfg(format)
 			cfg.MaxObjectRows = 10
-			d := e.newDest(t, cfg, options{})
+			d := e.newDest(t, cfg, tuning{})
 			msgs := testMessages("r", 25)
 			write(t, d, batches(msgs, 7)...)
 			// Two objects are complete (and visible) already; the third waits for Commit.
@@ -257,7 +257,7 @@ func TestMaxObjectRows(t *testing.T) {
 
 func TestFlushCycles(t *testing.T) {
 	e := newEnv(t)
-	d := e.newDest(t, e.cfg("jsonl"), options{})
+	d := e.newDest(t, e.cfg("jsonl"), tuning{})
 	if err := d.Flush(context.Background()); err != nil {
 		t.Fatalf("Flush with nothing written: %v", err)
 	}
@@ -292,7 +292,7 @@ func TestFlushCycles(t *testing.T) {
 func TestMultipart(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.cfg("jsonl")
-	d := e.newDest(t, cfg, options{partSize: 5 << 20, partsInFlight: 2})
+	d := e.newDest(t, cfg, tuning{partSize: 5 << 20, partsInFlight: 2})
 	msgs := largeMessages("mp", 9000, 1400) // ~13 MiB: three parts
 	var size int
 	for _, m := range msgs {
@@ -339,7 +339,7 @@ func TestCloseWithoutCommitAborts(t *testing.T) {
 	for _, format := range []string{"jsonl", "csv", "parquet"} {
 		t.Run(format, func(t *testing.T) {
 			e := newEnv(t)
-			d := e.newDest(t, e.cfg(format), options{partSize: 5 << 20})
+			d := e.newDest(t, e.cfg(format), tuning{partSize: 5 << 20})
 			msgs := largeMessages("cl", 9000, 1400)
 			write(t, d, batches(msgs, 1000)...)
 			if format != "parquet" && d.obj.up.uploadID == "" {
@@ -368,7 +368,7 @@ func TestCancelDuringWrite(t *testing.T) {
 	}
 	// One part in flight: the Write must wait for the hooked part, so the cancellation
 	// happens during the Write.
-	d := e.newDest(t, e.cfg("jsonl"), options{partSize: 5 << 20, partsInFlight: 1, client: hook})
+	d := e.newDest(t, e.cfg("jsonl"), tuning{partSize: 5 << 20, partsInFlight: 1, client: hook})
 	msgs := largeMessages("cx", 12000, 1400)
 	write(t, d, msgs[:100]) // accepted
 	err := d.Write(ctx, msgs[100:])
@@ -388,7 +388,7 @@ func TestCancelDuringWrite(t *testing.T) {
 // the open object is kept and commits.
 func TestCancelledBeforeWrite(t *testing.T) {
 	e := newEnv(t)
-	d := e.newDest(t, e.cfg("jsonl"), options{})
+	d := e.newDest(t, e.cfg("jsonl"), tuning{})
 	msgs := testMessages("cb", 4)
 	write(t, d, msgs[:2])
 	ctx, cancel := context.WithCancel(context.Background())
@@ -415,7 +415,7 @@ func TestPartFailure(t *testing.T) {
 		}
 		return nil
 	}
-	d := e.newDest(t, e.cfg("jsonl"), options{partSize: 5 << 20, client: hook})
+	d := e.newDest(t, e.cfg("jsonl"), tuning{partSize: 5 << 20, client: hook})
 	msgs := largeMessages("pf", 12000, 1400) // 4 parts
 	var err error
 	for _, b := range batches(msgs, 500) {
@@ -438,7 +438,7 @@ func TestPartFailure(t *testing.T) {
 func TestLostCreateResponse(t *testing.T) {
 	e := newEnv(t)
 	hook := &hookClient{s3API: e.mio.Client, loseCreate: true}
-	d := e.newDest(t, e.cfg("jsonl"), options{partSize: 5 << 20, client: hook})
+	d := e.newDest(t, e.cfg("jsonl"), tuning{partSize: 5 << 20, client: hook})
 	err := d.Write(context.Background(), largeMessages("lc", 5000, 1400))
 	if err == nil || !strings.Contains(err.Error(), "answer lost") {
 		t.Fatalf("Write = %v, want the lost answer", err)
@@ -493,7 +493,7 @@ func TestConcurrentWrites(t *testing.T) {
 			e := newEnv(t)
 			cfg := e.cfg(format)
 			cfg.MaxObjectRows = 300
-			d := e.newDest(t, cfg, options{})
+			d := e.newDest(t, cfg, tuning{})
 			const writers, perWriter = 8, 120
 			var wg sync.WaitGroup
 			errs := make(chan error, writers)
@@ -556,7 +556,7 @@ func TestRejectsUnreadableBody(t *testing.T) {
 	for _, format := range []string{"csv", "parquet"} {
 		t.Run(format, func(t *testing.T) {
 			e := newEnv(t)
-			d := e.newDest(t, e.cfg(format), options{})
+			d := e.newDest(t, e.cfg(format), tuning{})
 			msgs := testMessages("rj", 4)
 			bad := newMsg("identify", "bad", "ub", `{"a":`, "")
 			batch := []mapper.Message{msgs[0], msgs[1], bad, msgs[2], msgs[3]}
@@ -611,25 +611,25 @@ func TestCheck(t *testing.T) {
 	e.mio.Put(t, e.bucket, "proof/backflow.txt", []byte("mine"))
 	cfg := e.cfg("jsonl")
 	cfg.VerifyObject = "proof/backflow.txt"
-	d := e.newDest(t, cfg, options{})
+	d := e.newDest(t, cfg, tuning{})
 	if err := d.Check(context.Background()); err != nil {
 		t.Fatalf("Check: %v", err)
 	}
 	cfg.VerifyObject = "proof/missing.txt"
-	d = e.newDest(t, cfg, options{})
+	d = e.newDest(t, cfg, tuning{})
 	err := d.Check(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "verify_object s3://"+e.bucket+"/proof/missing.txt does not exist") {
 		t.Fatalf("Check = %v, want the missing verify_object named", err)
 	}
 	cfg = e.cfg("jsonl")
 	cfg.URL = "s3://no-such-bucket-bf/x/"
-	d = e.newDest(t, cfg, options{})
+	d = e.newDest(t, cfg, tuning{})
 	if err := d.Check(context.Background()); err == nil || !strings.Contains(err.Error(), "s3://no-such-bucket-bf") {
 		t.Fatalf("Check = %v, want the bucket named", err)
 	}
 	cfg = e.cfg("jsonl")
 	cfg.Auth.SecretAccessKey = "wrong-secret"
-	d = e.newDest(t, cfg, options{})
+	d = e.newDest(t, cfg, tuning{})
 	// The diagnosis the source gives for the same wrong secret: bad credentials, not
 	// the bare "access denied" of a HEAD request.
 	if err := d.Check(context.Background()); err == nil || strings.Contains(err.Error(), "wrong-secret") || !strings.Contains(err.Error(), "bad credentials") {
@@ -648,7 +648,7 @@ func TestKeyMacros(t *testing.T) {
 	cfg := e.cfg("jsonl")
 	cfg.URL = "s3://" + e.bucket + "/lake" // no trailing slash: one is added
 	cfg.Key = "{stream_name}/{stream_id}/{connection_id}/{iso_date}/{hour}{minute}{second}/{stream_run_id}-{part}.{extension}"
-	d := e.newDest(t, cfg, options{})
+	d := e.newDest(t, cfg, tuning{})
 	write(t, d, testMessages("k", 1))
 	if err := d.Flush(context.Background()); err != nil {
 		t.Fatal(err)

@@ -142,6 +142,41 @@ type write struct {
 	done      chan struct{}
 }
 
+// Type is the segment destination's type name in the configuration.
+const Type = "segment"
+
+// DefaultEndpoint is Segment's own tracking API.
+const DefaultEndpoint = "https://api.segment.io"
+
+// Options are the segment destination's own configuration keys.
+type Options struct {
+	WriteKey string `mapstructure:"write_key"` // secret
+	// Endpoint is the Segment-compatible API (default DefaultEndpoint).
+	Endpoint string `mapstructure:"endpoint"`
+}
+
+// Prepare defaults the endpoint and checks both keys.
+func (o *Options) Prepare(c *config.OptionsCheck) {
+	if o.Endpoint == "" {
+		o.Endpoint = DefaultEndpoint
+	}
+	c.Required("write_key", Type, o.WriteKey)
+	c.HTTPURL("endpoint", o.Endpoint)
+}
+
+// Secrets is the write key.
+func (o *Options) Secrets() []string { return []string{o.WriteKey} }
+
+// Kind is the segment destination's kind: 4 requests in flight, 1,000 messages each
+// (requests are cut at 500 KB too).
+func Kind() destinations.Kind {
+	return destinations.Kind{
+		Type: Type,
+		Kind: config.Kind{MaxInFlight: 4, BatchSize: defaultBatchSize, NewOptions: func() config.Options { return &Options{} }},
+		New:  New,
+	}
+}
+
 // New is the segment destination's Factory.
 func New(_ context.Context, cfg config.Destination, env destinations.Env) (destinations.Destination, error) {
 	return newSegment(cfg, env, flushInterval)
@@ -149,12 +184,16 @@ func New(_ context.Context, cfg config.Destination, env destinations.Env) (desti
 
 // newSegment is New with analytics-go's flush interval as a parameter, for tests.
 func newSegment(cfg config.Destination, env destinations.Env, interval time.Duration) (*Segment, error) {
-	if cfg.WriteKey == "" {
+	o, err := destinations.OptionsOf[*Options](cfg)
+	if err != nil {
+		return nil, err
+	}
+	if o.WriteKey == "" {
 		return nil, errors.New("write_key is required")
 	}
-	endpoint := strings.TrimRight(cfg.Endpoint, "/")
+	endpoint := strings.TrimRight(o.Endpoint, "/")
 	if endpoint == "" {
-		endpoint = config.DefaultSegmentEndpoint
+		endpoint = DefaultEndpoint
 	}
 	if u, err := url.Parse(endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("endpoint %s: want an http(s) URL", destinations.RedactURL(endpoint))
@@ -179,15 +218,14 @@ func newSegment(cfg config.Destination, env destinations.Env, interval time.Dura
 	policy.Stop = env.Stop
 	s := &Segment{pending: map[string]*slot{}}
 	tr := &transport{
-		base:         base,
-		policy:       policy,
-		timeout:      timeout,
-		nonRetryable: cfg.NonRetryableStatus,
-		maxBytes:     MaxBatchBytes,
-		life:         life,
-		verdicts:     &verdicts{},
-		log:          logger,
-		messages:     s.appendMessages,
+		base:     base,
+		policy:   policy,
+		timeout:  timeout,
+		maxBytes: MaxBatchBytes,
+		life:     life,
+		verdicts: &verdicts{},
+		log:      logger,
+		messages: s.appendMessages,
 	}
 	if cfg.RateLimit > 0 {
 		tr.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), 1)
@@ -195,8 +233,8 @@ func newSegment(cfg config.Destination, env destinations.Env, interval time.Dura
 	if cfg.MaxInFlight > 0 {
 		tr.slots = make(chan struct{}, cfg.MaxInFlight)
 	}
-	s.tr, s.base, s.endpoint, s.writeKey, s.cancelLife = tr, base, endpoint, cfg.WriteKey, cancel
-	client, err := analytics.NewWithConfig(cfg.WriteKey, analytics.Config{
+	s.tr, s.base, s.endpoint, s.writeKey, s.cancelLife = tr, base, endpoint, o.WriteKey, cancel
+	client, err := analytics.NewWithConfig(o.WriteKey, analytics.Config{
 		Endpoint:  endpoint,
 		Interval:  interval,
 		BatchSize: batchSize,

@@ -31,6 +31,24 @@ type Stdout struct {
 	closed bool
 }
 
+// Type is the stdout destination's type name in the configuration.
+const Type = "stdout"
+
+// Options: the stdout destination has no keys of its own.
+type Options struct{}
+
+// Prepare has nothing to check.
+func (*Options) Prepare(*config.OptionsCheck) {}
+
+// Kind is the stdout destination's kind: one writer, 1,000 lines per write.
+func Kind() destinations.Kind {
+	return destinations.Kind{
+		Type: Type,
+		Kind: config.Kind{MaxInFlight: 1, BatchSize: 1000, NewOptions: func() config.Options { return &Options{} }},
+		New:  New,
+	}
+}
+
 // New is the stdout destination's Factory. It writes to env.Stdout, or to os.Stdout
 // when that is nil.
 func New(_ context.Context, _ config.Destination, env destinations.Env) (destinations.Destination, error) {

@@ -23,8 +23,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -52,21 +55,71 @@ type Webhook struct {
 	zips         sync.Pool // *gzip.Writer
 }
 
+// Type is the webhook destination's type name in the configuration.
+const Type = "webhook"
+
+// Options are the webhook destination's own configuration keys.
+type Options struct {
+	URL     string            `mapstructure:"url"`
+	Headers map[string]string `mapstructure:"headers"` // values are secret
+	Gzip    bool              `mapstructure:"gzip"`    // Content-Encoding: gzip
+	// NonRetryableStatus are the HTTP codes that refuse a batch for good (it is then
+	// split to isolate the refused messages). Default: every 4xx but 408 and 429.
+	NonRetryableStatus []int `mapstructure:"non_retryable_status"`
+}
+
+// Prepare checks the URL, the header names and values, and the status codes.
+func (o *Options) Prepare(c *config.OptionsCheck) {
+	if c.Required("url", Type, o.URL) {
+		c.HTTPURL("url", o.URL)
+	}
+	for _, name := range slices.Sorted(maps.Keys(o.Headers)) {
+		key := "headers." + name
+		if !config.HeaderName(name) {
+			c.Problem(key, "is not a valid HTTP header name")
+		}
+		if !config.ValidHeaderValue(o.Headers[name]) {
+			c.Problem(key, "the value must not contain line breaks or NUL")
+		}
+	}
+	for i, code := range o.NonRetryableStatus {
+		if code < 400 || code > 499 {
+			c.Problem("non_retryable_status["+strconv.Itoa(i)+"]", fmt.Sprintf("%d is not a 4xx status code", code))
+		}
+	}
+}
+
+// Secrets are the header values: they carry tokens.
+func (o *Options) Secrets() []string { return slices.Collect(maps.Values(o.Headers)) }
+
+// Kind is the webhook destination's kind: 4 POSTs in flight of 500 messages each.
+func Kind() destinations.Kind {
+	return destinations.Kind{
+		Type: Type,
+		Kind: config.Kind{MaxInFlight: 4, BatchSize: 500, NewOptions: func() config.Options { return &Options{} }},
+		New:  New,
+	}
+}
+
 // New is the webhook destination's Factory.
 func New(_ context.Context, cfg config.Destination, env destinations.Env) (destinations.Destination, error) {
-	u, err := parseURL(cfg.URL)
+	o, err := destinations.OptionsOf[*Options](cfg)
+	if err != nil {
+		return nil, err
+	}
+	u, err := parseURL(o.URL)
 	if err != nil {
 		return nil, err
 	}
 	header := http.Header{}
-	for k, v := range cfg.Headers {
+	for k, v := range o.Headers {
 		header.Set(k, v)
 	}
 	header.Set("Content-Type", "application/json")
 	if header.Get("User-Agent") == "" {
 		header.Set("User-Agent", "backflow/"+versionOr(env.Version))
 	}
-	if cfg.Gzip {
+	if o.Gzip {
 		header.Set("Content-Encoding", "gzip")
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
@@ -75,8 +128,8 @@ func New(_ context.Context, cfg config.Destination, env destinations.Env) (desti
 		url:          u.String(),
 		safeURL:      destinations.RedactURL(u.String()),
 		header:       header,
-		gzip:         cfg.Gzip,
-		nonRetryable: cfg.NonRetryableStatus,
+		gzip:         o.Gzip,
+		nonRetryable: o.NonRetryableStatus,
 		client: &http.Client{
 			Transport: tr,
 			// A redirected POST may turn into a GET and lose its body: never follow.
