@@ -22,9 +22,10 @@ const (
 
 // SetDefaults fills every field left at its zero value with its default. Load already
 // does this (and there a number explicitly set to 0 stays 0, so that validation refuses
-// it); SetDefaults is for code that builds a Config by hand, such as tests. It knows no
-// destination type: per-type defaults and options are left to the code that sets them.
-func (c *Config) SetDefaults() { applyDefaults(c, nil, nil) }
+// it); SetDefaults is for code that builds a Config by hand, such as tests. kinds gives
+// the per-type defaults of max_in_flight and batch_size (nil: none); a destination's
+// options are left to the code that sets them.
+func (c *Config) SetDefaults(kinds Kinds) { applyDefaults(c, nil, kinds) }
 
 // applyDefaults is the one place defaults live. isSet tells whether a key path was
 // written in the file; numbers and durations written explicitly (even as 0) are kept

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/destinations/all"
 )
 
 // TestExpansion checks ${NAME} expansion through a constant's value.
@@ -79,7 +80,7 @@ syncs:
         rate_limit: ${RATE}
 `
 	vars := map[string]string{"NAME": "users", "BUCKET": "acme", "COL": "city", "TRUE": "true", "BATCH": "25", "TIMEOUT": "5s", "RATE": "2.5"}
-	c, err := config.LoadBytes([]byte(doc), "yaml", t.TempDir(), env(vars))
+	c, err := config.LoadBytes([]byte(doc), "yaml", t.TempDir(), env(vars), all.Registry())
 	if err != nil {
 		t.Fatalf("load:%s", problems(err))
 	}
@@ -119,7 +120,7 @@ func TestUnsetVariableReportsAll(t *testing.T) {
 
 func TestSecrets(t *testing.T) {
 	path := copyFull(t, "yaml")
-	c, err := config.Load(path, env(fullEnv))
+	c, err := config.Load(path, env(fullEnv), all.Registry())
 	if err != nil {
 		t.Fatalf("load:%s", problems(err))
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/destinations/all"
 )
 
 var fuzzFormats = []string{"yaml", "json", "toml"}
@@ -49,7 +50,7 @@ func FuzzLoadBytes(f *testing.F) {
 		"SEGMENT_WRITE_KEY": "w", "HOOK_TOKEN": "h", "BACKFLOW_EXTERNAL_ID": "e"})
 
 	f.Fuzz(func(t *testing.T, data []byte, format uint8) {
-		c, err := config.LoadBytes(data, fuzzFormats[int(format)%len(fuzzFormats)], dir, lookup)
+		c, err := config.LoadBytes(data, fuzzFormats[int(format)%len(fuzzFormats)], dir, lookup, all.Registry())
 		if err != nil {
 			var ce *config.Error
 			if !errors.As(err, &ce) {

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/destinations/all"
 )
 
 // env returns a lookupEnv over a fixed map.
@@ -124,7 +125,7 @@ func loadTree(t testing.TB, tree map[string]any, dir string, vars map[string]str
 	if err != nil {
 		t.Fatal(err)
 	}
-	return config.LoadBytes(data, "json", dir, env(vars))
+	return config.LoadBytes(data, "json", dir, env(vars), all.Registry())
 }
 
 // asConfigError fails the test unless err is a *config.Error.

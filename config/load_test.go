@@ -12,6 +12,12 @@ import (
 	"time"
 
 	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/destinations/all"
+	"github.com/backflowhq/backflow/destinations/file"
+	"github.com/backflowhq/backflow/destinations/s3"
+	"github.com/backflowhq/backflow/destinations/segment"
+	"github.com/backflowhq/backflow/destinations/stdout"
+	"github.com/backflowhq/backflow/destinations/webhook"
 )
 
 var fullEnv = map[string]string{
@@ -41,7 +47,7 @@ func TestFormats(t *testing.T) {
 	for _, ext := range []string{"yaml", "json", "toml"} {
 		t.Run(ext, func(t *testing.T) {
 			path := copyFull(t, ext)
-			c, err := config.Load(path, env(fullEnv))
+			c, err := config.Load(path, env(fullEnv), all.Registry())
 			if err != nil {
 				t.Fatalf("load:%s", problems(err))
 			}
@@ -67,8 +73,10 @@ func TestFormats(t *testing.T) {
 			dests := make([]config.Destination, len(syncs[i].Destinations))
 			copy(dests, syncs[i].Destinations)
 			for j := range dests {
-				if dests[j].Path != "" {
-					dests[j].Path = filepath.Base(dests[j].Path)
+				if fo, ok := dests[j].Options.(*file.Options); ok {
+					base := *fo
+					base.Path = filepath.Base(base.Path)
+					dests[j].Options = &base
 				}
 			}
 			syncs[i].Destinations = dests
@@ -125,23 +133,23 @@ func checkFull(t *testing.T, c *config.Config, dir string) {
 	eq("segment", s.Destinations[0], config.Destination{
 		Type: "segment", Name: "segment", MaxInFlight: 2, RateLimit: 10.5,
 		Retry: config.Retry{MaxAttempts: 3, MaxBackoff: time.Minute}, Timeout: 10 * time.Second, BatchSize: 50,
-		WriteKey: "segment-write-key", Endpoint: "https://api.segment.io",
+		Options: &segment.Options{WriteKey: "segment-write-key", Endpoint: "https://api.segment.io"},
 	})
 	eq("webhook", s.Destinations[1], config.Destination{
 		Type: "webhook", Name: "webhook", MaxInFlight: 4, Retry: config.Retry{MaxAttempts: 8, MaxBackoff: 30 * time.Second},
-		Timeout: 30 * time.Second, BatchSize: 500, URL: "https://hooks.example.com/backflow",
-		Headers: map[string]string{"Authorization": "Bearer hook-token", "X-Source": "backflow"},
-		Gzip:    true, NonRetryableStatus: []int{400, 422},
+		Timeout: 30 * time.Second, BatchSize: 500, Options: &webhook.Options{URL: "https://hooks.example.com/backflow",
+			Headers: map[string]string{"Authorization": "Bearer hook-token", "X-Source": "backflow"},
+			Gzip:    true, NonRetryableStatus: []int{400, 422}},
 	})
-	eq("file path", s.Destinations[2].Path, filepath.Join(dir, "out", "users.jsonl"))
+	eq("file path", s.Destinations[2].Options, &file.Options{Path: filepath.Join(dir, "out", "users.jsonl")})
 	eq("stdout", s.Destinations[3].Name, "stdout")
 	eq("s3", s.Destinations[4], config.Destination{
 		Type: "s3", Name: "lake", MaxInFlight: 1, Retry: config.Retry{MaxAttempts: 8, MaxBackoff: 30 * time.Second},
-		Timeout: 30 * time.Second, BatchSize: 10000, URL: "s3://acme-lake/backflow/", Endpoint: "http://127.0.0.1:9000",
-		Region: "eu-west-1", PathStyle: true,
-		Auth: config.Auth{Mode: "role", RoleARN: "arn:aws:iam::123456789012:role/backflow", ExternalID: "external-id-value"},
-		Key:  "{stream_name}/{date}/{connection_run_id}-{part}.{extension}", Format: "csv", Compression: "gzip",
-		CSV: config.CSV{Delimiter: "|", QuoteAll: true}, MaxObjectRows: 5000, VerifyObject: "_ready",
+		Timeout: 30 * time.Second, BatchSize: 10000, Options: &s3.Options{URL: "s3://acme-lake/backflow/",
+			S3Options: config.S3Options{Endpoint: "http://127.0.0.1:9000", Region: "eu-west-1", PathStyle: true,
+				Auth: config.Auth{Mode: "role", RoleARN: "arn:aws:iam::123456789012:role/backflow", ExternalID: "external-id-value"}},
+			Key: "{stream_name}/{date}/{connection_run_id}-{part}.{extension}", Format: "csv", Compression: "gzip",
+			CSV: s3.CSV{Delimiter: "|", QuoteAll: true}, MaxObjectRows: 5000, VerifyObject: "_ready"},
 	})
 	o := c.Syncs[1]
 	eq("orders", []string{o.Name, o.Mapping.Type, o.Mapping.Event, o.Schedule.Cron, o.Mode}, []string{"orders", "track", "Order Completed", "*/15 * * * *", "incremental"})
@@ -200,7 +208,7 @@ headers = {X-Api-Key = "K", authorization = "a"}
 	}
 	for format, doc := range docs {
 		t.Run(format, func(t *testing.T) {
-			c, err := config.LoadBytes([]byte(doc), format, t.TempDir(), nil)
+			c, err := config.LoadBytes([]byte(doc), format, t.TempDir(), nil, all.Registry())
 			if err != nil {
 				t.Fatalf("load:%s", problems(err))
 			}
@@ -217,7 +225,7 @@ headers = {X-Api-Key = "K", authorization = "a"}
 			if m.UserID != "CustomerID" || !reflect.DeepEqual(m.Columns, []string{"City", "eMail"}) {
 				t.Errorf("user_id %q columns %v", m.UserID, m.Columns)
 			}
-			if h := c.Syncs[0].Destinations[0].Headers; !reflect.DeepEqual(h, map[string]string{"X-Api-Key": "K", "authorization": "a"}) {
+			if h := c.Syncs[0].Destinations[0].Options.(*webhook.Options).Headers; !reflect.DeepEqual(h, map[string]string{"X-Api-Key": "K", "authorization": "a"}) {
 				t.Errorf("headers = %v", h)
 			}
 		})
@@ -241,7 +249,10 @@ func TestUnknownKeys(t *testing.T) {
 		{"source auth", "syncs[0].source.auth.mdoe", `unknown key, did you mean "mode"?`, "keys"},
 		{"limits", "syncs[0].source.limits.max_record_byte", `unknown key, did you mean "max_record_bytes"?`, 1},
 		{"schedule", "syncs[0].schedule.evry", `unknown key, did you mean "every"?`, "1h"},
-		{"destination", "syncs[0].destinations[0].writekey", `unknown key, did you mean "write_key"?`, "k"},
+		{"destination", "syncs[0].destinations[0].writekey", `unknown key, did you mean "write_key"? (a key of type segment)`, "k"},
+		{"destination own key", "syncs[0].destinations[0].formt", `unknown key, did you mean "format"?`, "csv"},
+		{"destination shared key", "syncs[0].destinations[0].batch_sise", `unknown key, did you mean "batch_size"?`, 3},
+		{"another type's key", "syncs[0].destinations[0].write_key", "not used by type stdout (it is a key of type segment)", "k"},
 		{"retry", "syncs[0].destinations[0].retry.max_attempt", `unknown key, did you mean "max_attempts"?`, 2},
 		{"csv", "syncs[0].destinations[0].csv.delimter", `unknown key, did you mean "delimiter"?`, ","},
 		{"s3 auth", "syncs[0].destinations[0].auth.role_ar", `unknown key, did you mean "role_arn"?`, "x"},
@@ -250,7 +261,7 @@ func TestUnknownKeys(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tree := baseTree()
-			if strings.HasPrefix(tc.path, d0+".csv") || strings.HasPrefix(tc.path, d0+".auth") {
+			if strings.HasPrefix(tc.path, d0+".csv") || strings.HasPrefix(tc.path, d0+".auth") || strings.HasPrefix(tc.path, d0+".formt") {
 				set(t, tree, d0, map[string]any{"type": "s3", "url": "s3://lake", "format": "csv"})
 			}
 			set(t, tree, tc.path, tc.v)
@@ -299,7 +310,7 @@ func TestPaths(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c, err := config.Load(rel, env(nil))
+			c, err := config.Load(rel, env(nil), all.Registry())
 			if err != nil {
 				t.Fatalf("load:%s", problems(err))
 			}
@@ -310,8 +321,9 @@ func TestPaths(t *testing.T) {
 			if c.State.URL != filepath.Join(dir, ".backflow") {
 				t.Errorf("state.url = %q", c.State.URL)
 			}
-			if s.Destinations[0].Path != filepath.Join(dir, "out", "x.jsonl") || s.Destinations[1].Path != filepath.Join(root, "abs.jsonl") {
-				t.Errorf("file paths %q %q", s.Destinations[0].Path, s.Destinations[1].Path)
+			p0, p1 := s.Destinations[0].Options.(*file.Options).Path, s.Destinations[1].Options.(*file.Options).Path
+			if p0 != filepath.Join(dir, "out", "x.jsonl") || p1 != filepath.Join(root, "abs.jsonl") {
+				t.Errorf("file paths %q %q", p0, p1)
 			}
 			if c.Dir != dir || c.Path != path {
 				t.Errorf("Dir %q Path %q", c.Dir, c.Path)
@@ -391,22 +403,22 @@ func TestDefaults(t *testing.T) {
 			t.Errorf("destination %d = %+v", i, d)
 		}
 	}
-	if s.Destinations[0].Endpoint != "https://api.segment.io" {
-		t.Errorf("segment endpoint %q", s.Destinations[0].Endpoint)
+	if e := s.Destinations[0].Options.(*segment.Options).Endpoint; e != "https://api.segment.io" {
+		t.Errorf("segment endpoint %q", e)
 	}
-	s3 := s.Destinations[4]
-	if s3.Format != "jsonl" || s3.Compression != "none" || s3.Key != "{stream_name}/{date}/{connection_run_id}-{part}.{extension}" ||
-		s3.CSV.Delimiter != "," || s3.MaxObjectRows != 1000000 || s3.Auth.Mode != "default" || s3.Endpoint != "" {
-		t.Errorf("s3 = %+v", s3)
+	lake := s.Destinations[4].Options.(*s3.Options)
+	if lake.Format != "jsonl" || lake.Compression != "none" || lake.Key != "{stream_name}/{date}/{connection_run_id}-{part}.{extension}" ||
+		lake.CSV.Delimiter != "," || lake.MaxObjectRows != 1000000 || lake.Auth.Mode != "default" || lake.Endpoint != "" {
+		t.Errorf("s3 = %+v", lake)
 	}
-	// Fields a type does not use stay empty.
-	if s.Destinations[1].Format != "" || s.Destinations[3].Endpoint != "" || s.Destinations[2].Key != "" {
-		t.Errorf("defaults leaked into other types: %+v", s.Destinations)
+	// Each type has its own options.
+	if _, ok := s.Destinations[3].Options.(*stdout.Options); !ok {
+		t.Errorf("stdout options: %T", s.Destinations[3].Options)
 	}
 
 	// SetDefaults gives a hand-built Config the same defaults.
 	hand := &config.Config{Syncs: []config.Sync{{Destinations: []config.Destination{{Type: "webhook"}}}}}
-	hand.SetDefaults()
+	hand.SetDefaults(all.Registry())
 	if d := hand.Syncs[0].Destinations[0]; d.Name != "webhook" || d.BatchSize != 500 || d.MaxInFlight != 4 || d.Timeout != 30*time.Second {
 		t.Errorf("SetDefaults: %+v", d)
 	}
@@ -432,7 +444,7 @@ func TestSync(t *testing.T) {
 		"mapping": map[string]any{"type": "track", "user_id": "u", "event": "E"}, "destinations": []any{map[string]any{"type": "stdout"}}})
 	path := filepath.Join(t.TempDir(), "two.json")
 	writeJSON(t, path, tree)
-	c, err = config.Load(path, env(nil))
+	c, err = config.Load(path, env(nil), all.Registry())
 	if err != nil {
 		t.Fatalf("load:%s", problems(err))
 	}
@@ -451,7 +463,7 @@ func TestFileErrors(t *testing.T) {
 	dir := t.TempDir()
 	t.Run("missing file", func(t *testing.T) {
 		path := filepath.Join(dir, "none.yaml")
-		_, err := config.Load(path, env(nil))
+		_, err := config.Load(path, env(nil), all.Registry())
 		asConfigError(t, err)
 		if !errors.Is(err, fs.ErrNotExist) || err.Error() != path+": no such configuration file" {
 			t.Fatalf("got %v", err)
@@ -460,14 +472,14 @@ func TestFileErrors(t *testing.T) {
 	t.Run("extension", func(t *testing.T) {
 		path := filepath.Join(dir, "backflow.ini")
 		writeFile(t, path, "x=1")
-		_, err := config.Load(path, env(nil))
+		_, err := config.Load(path, env(nil), all.Registry())
 		asConfigError(t, err)
 		if !strings.Contains(err.Error(), `unsupported file extension ".ini": use .yaml, .yml, .json or .toml`) {
 			t.Fatalf("got %v", err)
 		}
 	})
 	t.Run("format", func(t *testing.T) {
-		_, err := config.LoadBytes([]byte("{}"), "ini", dir, nil)
+		_, err := config.LoadBytes([]byte("{}"), "ini", dir, nil, all.Registry())
 		asConfigError(t, err)
 		if !strings.Contains(err.Error(), `unsupported configuration format "ini"`) {
 			t.Fatalf("got %v", err)
@@ -488,7 +500,7 @@ func TestFileErrors(t *testing.T) {
 		t.Run("syntax "+tc.ext, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "c."+tc.ext)
 			writeFile(t, path, tc.doc)
-			_, err := config.Load(path, env(nil))
+			_, err := config.Load(path, env(nil), all.Registry())
 			ce := asConfigError(t, err)
 			if len(ce.Errors) != 1 || ce.Errors[0].Path != "" || !strings.Contains(err.Error(), tc.msg) || !strings.HasPrefix(err.Error(), path+": ") {
 				t.Fatalf("got %v", err)
@@ -497,7 +509,7 @@ func TestFileErrors(t *testing.T) {
 	}
 	for _, doc := range []string{"", "# only a comment\n", "null\n"} {
 		t.Run("empty "+doc, func(t *testing.T) {
-			_, err := config.LoadBytes([]byte(doc), "yaml", dir, nil)
+			_, err := config.LoadBytes([]byte(doc), "yaml", dir, nil, all.Registry())
 			ce := asConfigError(t, err)
 			if len(ce.Errors) != 1 || !ce.Has("syncs", "at least one sync is required") {
 				t.Fatalf("got%s", problems(err))
@@ -525,7 +537,7 @@ func TestErrorType(t *testing.T) {
 func TestDecoderShapes(t *testing.T) {
 	base := "syncs:\n  - name: a\n    source: {url: 's3://b/p'}\n    destinations: [{type: stdout, rate_limit: 2}]\n    mapping:\n      type: identify\n      user_id: u\n"
 	t.Run("yaml non-string map keys", func(t *testing.T) {
-		c, err := config.LoadBytes([]byte(base+"      rename: {2024: year, true: flag}\n"), "yaml", t.TempDir(), nil)
+		c, err := config.LoadBytes([]byte(base+"      rename: {2024: year, true: flag}\n"), "yaml", t.TempDir(), nil, all.Registry())
 		if err != nil {
 			t.Fatalf("load:%s", problems(err))
 		}
@@ -534,14 +546,14 @@ func TestDecoderShapes(t *testing.T) {
 		}
 	})
 	t.Run("yaml bool from list", func(t *testing.T) {
-		_, err := config.LoadBytes([]byte(base+"      skip_nulls: [true]\n"), "yaml", t.TempDir(), nil)
+		_, err := config.LoadBytes([]byte(base+"      skip_nulls: [true]\n"), "yaml", t.TempDir(), nil, all.Registry())
 		if ce := asConfigError(t, err); len(ce.Errors) != 1 || !ce.Has(mp+".skip_nulls", "must be true or false, not a list") {
 			t.Fatalf("got%s", problems(err))
 		}
 	})
 	t.Run("toml local date-time", func(t *testing.T) {
 		doc := "[[syncs]]\nname = \"a\"\n[syncs.schedule]\nevery = \"1h\"\nstart = 2025-01-01T00:00:00\n"
-		_, err := config.LoadBytes([]byte(doc), "toml", t.TempDir(), nil)
+		_, err := config.LoadBytes([]byte(doc), "toml", t.TempDir(), nil, all.Registry())
 		if ce := asConfigError(t, err); !ce.Has("syncs[0].schedule.start", "must be an RFC 3339 time with a time zone") {
 			t.Fatalf("got%s", problems(err))
 		}
@@ -549,11 +561,11 @@ func TestDecoderShapes(t *testing.T) {
 	t.Run("toml native numbers", func(t *testing.T) {
 		doc := "[[syncs]]\nname = \"a\"\nsource = {url = \"s3://b\"}\nmapping = {type = \"identify\", user_id = \"u\"}\n" +
 			"[[syncs.destinations]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:1\"\nrate_limit = 3\nbatch_size = 7\nnon_retryable_status = [404]\n"
-		c, err := config.LoadBytes([]byte(doc), "toml", t.TempDir(), nil)
+		c, err := config.LoadBytes([]byte(doc), "toml", t.TempDir(), nil, all.Registry())
 		if err != nil {
 			t.Fatalf("load:%s", problems(err))
 		}
-		if d := c.Syncs[0].Destinations[0]; d.RateLimit != 3 || d.BatchSize != 7 || d.NonRetryableStatus[0] != 404 {
+		if d := c.Syncs[0].Destinations[0]; d.RateLimit != 3 || d.BatchSize != 7 || d.Options.(*webhook.Options).NonRetryableStatus[0] != 404 {
 			t.Fatalf("%+v", d)
 		}
 	})
@@ -570,7 +582,7 @@ func BenchmarkLoadBytes(b *testing.B) {
 		b.Run(ext, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := config.LoadBytes(data, ext, dir, env(fullEnv)); err != nil {
+				if _, err := config.LoadBytes(data, ext, dir, env(fullEnv), all.Registry()); err != nil {
 					b.Fatal(err)
 				}
 			}

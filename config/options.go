@@ -170,11 +170,7 @@ func decodeOptions(kinds Kinds, d *Destination, dp string, raw map[string]any, p
 		i := slices.IndexFunc(fields, func(f field) bool { return f.key == k })
 		if i < 0 {
 			delete(raw, k)
-			if other := typesWithKey(kinds, k); len(other) > 0 {
-				p.addBad(kp, fmt.Sprintf("not used by type %s (it is a key of type %s)", d.Type, strings.Join(other, ", ")))
-			} else {
-				p.addBad(kp, "unknown key"+suggest(k, known))
-			}
+			p.addBad(kp, unknownOptionKey(kinds, d.Type, k, known))
 			continue
 		}
 		present[kp] = true
@@ -182,6 +178,29 @@ func decodeOptions(kinds Kinds, d *Destination, dp string, raw map[string]any, p
 	}
 	decodeInto(raw, opts, dp, p)
 	d.Options = opts
+}
+
+// unknownOptionKey is the message for key k, unknown to type typ whose keys (its own
+// and the shared ones) are known: the key of another type is "not used", a typo gets
+// the nearest key of this type or, failing that, of another type.
+func unknownOptionKey(kinds Kinds, typ, k string, known []field) string {
+	if other := typesWithKey(kinds, k); len(other) > 0 {
+		return fmt.Sprintf("not used by type %s (it is a key of type %s)", typ, strings.Join(other, ", "))
+	}
+	if s := suggest(k, known); s != "" {
+		return "unknown key" + s
+	}
+	var all []field
+	for _, t := range kinds.Types() {
+		if kind, _ := kinds.Kind(t); kind.NewOptions != nil {
+			all = append(all, structKeys(reflect.TypeOf(kind.NewOptions()).Elem())...)
+		}
+	}
+	if s := suggest(k, all); s != "" {
+		near := strings.TrimSuffix(strings.TrimPrefix(s, `, did you mean "`), `"?`)
+		return fmt.Sprintf("unknown key%s (a key of type %s)", s, strings.Join(typesWithKey(kinds, near), ", "))
+	}
+	return "unknown key"
 }
 
 // typesWithKey lists the destination types whose options have key k.

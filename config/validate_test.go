@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/destinations/all"
 	"github.com/backflowhq/backflow/internal/keytemplate"
 )
 
@@ -26,6 +27,7 @@ const (
 )
 
 func TestValidationErrors(t *testing.T) {
+	types := strings.Join(all.Registry().Types(), ", ")
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "a-file"), nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -132,8 +134,8 @@ func TestValidationErrors(t *testing.T) {
 
 		// Destinations: shared keys.
 		{"no destinations", []kv{{"syncs[0].destinations", []any{}}}, "syncs[0].destinations", "at least one destination is required", 0},
-		{"destination type missing", []kv{{d0 + ".type", removed{}}}, d0 + ".type", "is required: one of segment, webhook, file, stdout, s3", 0},
-		{"destination type", []kv{{d0 + ".type", "kafka"}}, d0 + ".type", `"kafka" is not one of segment, webhook, file, stdout, s3`, 0},
+		{"destination type missing", []kv{{d0 + ".type", removed{}}}, d0 + ".type", "is required: one of " + types, 0},
+		{"destination type", []kv{{d0 + ".type", "pigeon"}}, d0 + ".type", `"pigeon" is not one of ` + types, 0},
 		{"destination default names collide", []kv{{d1, map[string]any{"type": "stdout"}}}, d1 + ".name", `"stdout" is already the name of destinations[0]`, 0},
 		{"destination name pattern", []kv{{d0 + ".name", "My Out"}}, d0 + ".name", `"My Out" may only contain a-z, 0-9, _ and -`, 0},
 		{"max_in_flight", []kv{{d0 + ".max_in_flight", 0}}, d0 + ".max_in_flight", "must be at least 1", 0},
@@ -287,6 +289,7 @@ func TestValidConfigs(t *testing.T) {
 // TestAllProblemsAtOnce checks that one load reports every problem, sorted by path
 // (indexes by number), each line prefixed with the file.
 func TestAllProblemsAtOnce(t *testing.T) {
+	types := strings.Join(all.Registry().Types(), ", ")
 	tree := baseTree()
 	for i := 1; i <= 10; i++ {
 		set(t, tree, "syncs["+itoa(i)+"]", map[string]any{
@@ -298,15 +301,15 @@ func TestAllProblemsAtOnce(t *testing.T) {
 	set(t, tree, "syncs[2].mode", "weekly")
 	set(t, tree, "syncs[0].mapping.colums", []any{"a"})
 	set(t, tree, "serve.history", 0)
-	set(t, tree, "syncs[0].destinations[0].type", "kafka")
+	set(t, tree, "syncs[0].destinations[0].type", "pigeon")
 
 	path := filepath.Join(t.TempDir(), "backflow.json")
 	writeJSON(t, path, tree)
-	_, err := config.Load(path, env(nil))
+	_, err := config.Load(path, env(nil), all.Registry())
 	ce := asConfigError(t, err)
 	want := []string{
 		path + `: serve.history: must be at least 1`,
-		path + `: syncs[0].destinations[0].type: "kafka" is not one of segment, webhook, file, stdout, s3`,
+		path + `: syncs[0].destinations[0].type: "pigeon" is not one of ` + types,
 		path + `: syncs[0].mapping.colums: unknown key, did you mean "columns"?`,
 		path + `: syncs[2].mode: "weekly" is not one of incremental, full, diff`,
 		path + `: syncs[10].mode: "weekly" is not one of incremental, full, diff`,

@@ -10,22 +10,45 @@ import (
 	"github.com/backflowhq/backflow/config"
 )
 
+// testOptions are options with one key.
+type testOptions struct {
+	Host string `mapstructure:"host"`
+}
+
+func (*testOptions) Prepare(*config.OptionsCheck) {}
+
+func testKind(typ string, f Factory) Kind {
+	return Kind{Type: typ, Kind: config.Kind{MaxInFlight: 2, BatchSize: 10, NewOptions: func() config.Options { return &testOptions{} }}, New: f}
+}
+
 func TestRegistry(t *testing.T) {
 	r := NewRegistry()
 	var got config.Destination
 	var gotEnv Env
-	r.Register("b", func(_ context.Context, cfg config.Destination, env Env) (Destination, error) {
+	r.Register(testKind("b", func(_ context.Context, cfg config.Destination, env Env) (Destination, error) {
 		got, gotEnv = cfg, env
+		if _, err := OptionsOf[*testOptions](cfg); err != nil {
+			return nil, err
+		}
 		return &checkerDest{}, nil
-	})
-	r.Register("a", func(context.Context, config.Destination, Env) (Destination, error) {
+	}))
+	r.Register(testKind("a", func(context.Context, config.Destination, Env) (Destination, error) {
 		return nil, errors.New("bad settings")
-	})
+	}))
+	if k, ok := r.Kind("b"); !ok || k.MaxInFlight != 2 || k.BatchSize != 10 {
+		t.Errorf("Kind(b) = %+v, %v", k, ok)
+	}
+	if _, ok := r.Kind("c"); ok {
+		t.Error("Kind(c) found a kind")
+	}
 	if types := r.Types(); !slices.Equal(types, []string{"a", "b"}) {
 		t.Errorf("Types = %v", types)
 	}
 
-	d, err := r.New(context.Background(), config.Destination{Type: "b", Name: "bee"}, Env{Sync: "users"})
+	if _, err := r.New(context.Background(), config.Destination{Type: "b", Name: "bee"}, Env{}); err == nil || !strings.Contains(err.Error(), "destination bee has no b options") {
+		t.Errorf("New without options: %v", err)
+	}
+	d, err := r.New(context.Background(), config.Destination{Type: "b", Name: "bee", Options: &testOptions{}}, Env{Sync: "users"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,11 +74,11 @@ func TestRegistry(t *testing.T) {
 func TestRegisterTwicePanics(t *testing.T) {
 	r := NewRegistry()
 	f := func(context.Context, config.Destination, Env) (Destination, error) { return nil, nil }
-	r.Register("x", f)
+	r.Register(testKind("x", f))
 	defer func() {
 		if recover() == nil {
 			t.Error("registering a type twice did not panic")
 		}
 	}()
-	r.Register("x", f)
+	r.Register(testKind("x", f))
 }

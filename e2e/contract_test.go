@@ -128,6 +128,17 @@ syncs:
 			"        max_in_flight: ${BAD}\n", "        max_in_flight: ${BAD}\n        headers:\n          Authorization: ${BAD}\n", 1)),
 			env: []string{"BAD=abc"}, args: []string{"check"}, code: 2,
 			want: []string{`max_in_flight: "REDACTED" is not a number`}, notWant: []string{"abc"}},
+		{name: "3 a destination's own keys: typo, another type's key, every problem",
+			setup: configText("syncs:\n  - name: users\n    source: {url: data}\n    mapping: {type: identify, user_id: customer_id}\n" +
+				"    destinations:\n      - {type: webhook, url: \"ftp://x\", write_key: k, gzp: true, batch_sise: 3}\n" +
+				"      - {type: s3, url: \"s3://b/p\", format: xml, max_object_rows: 1.5}\n"),
+			args: []string{"check"}, code: 2,
+			want: []string{`destinations[0].gzp: unknown key, did you mean "gzip"?`,
+				`destinations[0].batch_sise: unknown key, did you mean "batch_size"?`,
+				"destinations[0].write_key: not used by type webhook (it is a key of type segment)",
+				"destinations[0].url: must be an http:// or https:// URL",
+				`destinations[1].format: "xml" is not one of jsonl, csv, parquet`,
+				"destinations[1].max_object_rows: must be a whole number"}},
 		{name: "3 YAML indentation error at its line", setup: configText("syncs:\n  - name: users\n    source:\n      url: data\n     include: \"*.parquet\"\n"),
 			args: []string{"check"}, code: 2, want: []string{"invalid YAML: line 5:"}},
 

@@ -112,7 +112,7 @@ func plainLogger(w io.Writer) *slog.Logger {
 // the sync's own), defaulted as Load would.
 func oneSync(top, own []config.Notify) *config.Config {
 	c := &config.Config{Notify: top, Syncs: []config.Sync{{Name: "users", Notify: own}}}
-	c.SetDefaults()
+	c.SetDefaults(nil)
 	for _, ns := range [][]config.Notify{c.Notify, c.Syncs[0].Notify} {
 		for i := range ns {
 			if ns[i].On == nil {

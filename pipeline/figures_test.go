@@ -175,7 +175,7 @@ syncs:
     mapping: {type: identify, user_id: customer_id}
     destinations: [{type: file, path: out/users.jsonl}]
 `, bucket, endpoint, m.AccessKey, m.SecretKey)
-	cfg, err := config.LoadBytes([]byte(yaml), "yaml", t.TempDir(), func(string) (string, bool) { return "", false })
+	cfg, err := config.LoadBytes([]byte(yaml), "yaml", t.TempDir(), func(string) (string, bool) { return "", false }, all.Registry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +250,7 @@ func TestFigureDiffMode(t *testing.T) {
     mode: diff
     destinations: [{type: file, path: out/users.jsonl}]
 `
-	cfg, err := config.LoadBytes([]byte(yaml), "yaml", dir, func(string) (string, bool) { return "", false })
+	cfg, err := config.LoadBytes([]byte(yaml), "yaml", dir, func(string) (string, bool) { return "", false }, all.Registry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +313,7 @@ func TestFigureCheckpointSaves(t *testing.T) {
 			}
 			posts.Store(0)
 			yaml := stateYAML + fmt.Sprintf("syncs:\n  - name: users\n    source: {url: data}\n    mapping: {type: identify, user_id: customer_id}\n    destinations:\n      - {type: webhook, url: %q, batch_size: 500, max_in_flight: 4}\n", hook.URL)
-			cfg, err := config.LoadBytes([]byte(yaml), "yaml", dir, func(string) (string, bool) { return "", false })
+			cfg, err := config.LoadBytes([]byte(yaml), "yaml", dir, func(string) (string, bool) { return "", false }, all.Registry())
 			if err != nil {
 				t.Fatal(err)
 			}

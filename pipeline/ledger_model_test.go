@@ -16,6 +16,7 @@ import (
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
+	"github.com/backflowhq/backflow/destinations/all"
 	"github.com/backflowhq/backflow/internal/exampledata"
 	"github.com/backflowhq/backflow/mapper"
 	"github.com/backflowhq/backflow/state"
@@ -289,7 +290,7 @@ func runLedgerModel(t *testing.T, seed uint64) {
 		yaml += fmt.Sprintf("      - {type: webhook, name: %s, url: \"http://127.0.0.1:1/\", batch_size: %d, max_in_flight: %d, retry: {max_attempts: 1}}\n",
 			d.name, 1+rng.IntN(60), 1+rng.IntN(3))
 	}
-	cfg, err := config.LoadBytes([]byte(yaml), "yaml", dir, func(string) (string, bool) { return "", false })
+	cfg, err := config.LoadBytes([]byte(yaml), "yaml", dir, func(string) (string, bool) { return "", false }, all.Registry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,13 +314,13 @@ func runLedgerModel(t *testing.T, seed uint64) {
 	for _, d := range dests {
 		byName[d.name] = d
 	}
-	reg.Register("webhook", func(_ context.Context, c config.Destination, _ destinations.Env) (destinations.Destination, error) {
+	reg.Register(fakeWebhook(func(_ context.Context, c config.Destination, _ destinations.Env) (destinations.Destination, error) {
 		d := byName[c.Name]
 		if d.deferred {
 			return deferredModelDest{d}, nil
 		}
 		return plainModelDest{d}, nil
-	})
+	}))
 	runs := 3 + rng.IntN(4)
 	for i := 0; i <= runs; i++ {
 		last := i == runs

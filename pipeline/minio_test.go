@@ -9,6 +9,7 @@ import (
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
+	"github.com/backflowhq/backflow/destinations/all"
 	"github.com/backflowhq/backflow/internal/exampledata"
 	"github.com/backflowhq/backflow/internal/testutil"
 	"github.com/backflowhq/backflow/state"
@@ -42,7 +43,7 @@ func TestS3SourceLargeFilesArriveWhole(t *testing.T) {
     mapping: {type: identify, user_id: customer_id}
     destinations: [{type: webhook, name: hook, url: "http://127.0.0.1:1/", batch_size: 500}]
 `, bucket, m.Endpoint, m.AccessKey, m.SecretKey)
-	cfg, err := config.LoadBytes([]byte(yaml), "yaml", t.TempDir(), func(string) (string, bool) { return "", false })
+	cfg, err := config.LoadBytes([]byte(yaml), "yaml", t.TempDir(), func(string) (string, bool) { return "", false }, all.Registry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,9 +53,9 @@ func TestS3SourceLargeFilesArriveWhole(t *testing.T) {
 	}
 	d := newFakeDest()
 	reg := destinations.NewRegistry()
-	reg.Register("webhook", func(context.Context, config.Destination, destinations.Env) (destinations.Destination, error) {
+	reg.Register(fakeWebhook(func(context.Context, config.Destination, destinations.Env) (destinations.Destination, error) {
 		return d, nil
-	})
+	}))
 	rep, err := Run(context.Background(), Options{Config: cfg, Sync: &cfg.Syncs[0], Registry: reg, Store: store, Prefetch: 1, Workers: 2})
 	if err != nil {
 		t.Fatalf("run: %v", err)

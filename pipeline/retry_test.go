@@ -20,6 +20,7 @@ import (
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
+	"github.com/backflowhq/backflow/destinations/all"
 	"github.com/backflowhq/backflow/internal/exampledata"
 	"github.com/backflowhq/backflow/mapper"
 	"github.com/backflowhq/backflow/state"
@@ -98,12 +99,12 @@ func newRetryHarness(t *testing.T, files int) *retryHarness {
 		t.Fatal(err)
 	}
 	h.reg = destinations.NewRegistry()
-	h.reg.Register("webhook", func(_ context.Context, c config.Destination, _ destinations.Env) (destinations.Destination, error) {
+	h.reg.Register(fakeWebhook(func(_ context.Context, c config.Destination, _ destinations.Env) (destinations.Destination, error) {
 		if c.Name == "a" {
 			return h.a, nil
 		}
 		return h.b, nil
-	})
+	}))
 	h.configure("user_id: customer_id")
 	store, err := state.Open(context.Background(), h.cfg.State)
 	if err != nil {
@@ -120,7 +121,7 @@ func (h *retryHarness) configure(ids string) {
 	for _, name := range []string{"a", "b"} {
 		yaml += fmt.Sprintf("      - {type: webhook, name: %s, url: \"http://127.0.0.1:1/\", batch_size: 100, max_in_flight: 1, retry: {max_attempts: 1}}\n", name)
 	}
-	cfg, err := config.LoadBytes([]byte(yaml), "yaml", h.dir, func(string) (string, bool) { return "", false })
+	cfg, err := config.LoadBytes([]byte(yaml), "yaml", h.dir, func(string) (string, bool) { return "", false }, all.Registry())
 	if err != nil {
 		h.t.Fatal(err)
 	}

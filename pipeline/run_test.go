@@ -14,6 +14,8 @@ import (
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
+	"github.com/backflowhq/backflow/destinations/all"
+	"github.com/backflowhq/backflow/destinations/webhook"
 	"github.com/backflowhq/backflow/internal/exampledata"
 	"github.com/backflowhq/backflow/mapper"
 	"github.com/backflowhq/backflow/state"
@@ -123,7 +125,7 @@ func newHarness(t *testing.T, files int, rows int64, dests map[string]*fakeDest)
 	for name := range dests {
 		yaml += fmt.Sprintf("      - {type: webhook, name: %s, url: \"http://127.0.0.1:1/\", batch_size: 100, max_in_flight: 1, retry: {max_attempts: 1}}\n", name)
 	}
-	cfg, err := config.LoadBytes([]byte(yaml), "yaml", dir, func(string) (string, bool) { return "", false })
+	cfg, err := config.LoadBytes([]byte(yaml), "yaml", dir, func(string) (string, bool) { return "", false }, all.Registry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,13 +134,13 @@ func newHarness(t *testing.T, files int, rows int64, dests map[string]*fakeDest)
 		t.Fatal(err)
 	}
 	reg := destinations.NewRegistry()
-	reg.Register("webhook", func(_ context.Context, c config.Destination, _ destinations.Env) (destinations.Destination, error) {
+	reg.Register(fakeWebhook(func(_ context.Context, c config.Destination, _ destinations.Env) (destinations.Destination, error) {
 		d := dests[c.Name]
 		if d.commit != nil {
 			return committingFake{d}, nil
 		}
 		return d, nil
-	})
+	}))
 	return &harness{t: t, cfg: cfg, store: store, reg: reg, dests: dests}
 }
 
@@ -296,4 +298,12 @@ func TestContextCancelStopsAndKeepsProgress(t *testing.T) {
 	if n, _ := d.total(); n != 3000 {
 		t.Fatalf("after a cancelled run and a rerun, %d rows delivered, want 3000", n)
 	}
+}
+
+// fakeWebhook is the webhook kind (its options and defaults, so that configs load) built
+// by f instead of the webhook adapter.
+func fakeWebhook(f destinations.Factory) destinations.Kind {
+	k := webhook.Kind()
+	k.New = f
+	return k
 }

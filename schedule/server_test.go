@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/destinations/segment"
+	"github.com/backflowhq/backflow/destinations/webhook"
 	"github.com/backflowhq/backflow/pipeline"
 )
 
@@ -487,8 +489,8 @@ func TestMetricsAfterRun(t *testing.T) {
 	syncs := []config.Sync{{
 		Name: "users",
 		Destinations: []config.Destination{
-			{Type: "segment", WriteKey: "sekret-write-key"},
-			{Type: "webhook", Name: "hook", URL: "https://hooks.example.com/x?token=sekret-url", Headers: map[string]string{"Authorization": "Bearer sekret-token"}},
+			{Type: "segment", Options: &segment.Options{WriteKey: "sekret-write-key"}},
+			{Type: "webhook", Name: "hook", Options: &webhook.Options{URL: "https://hooks.example.com/x?token=sekret-url", Headers: map[string]string{"Authorization": "Bearer sekret-token"}}},
 		},
 	}, {Name: "idle"}}
 	ts := startServer(t, Options{

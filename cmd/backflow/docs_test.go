@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/backflowhq/backflow/config"
+	"github.com/backflowhq/backflow/destinations/all"
 )
 
 // docsText is README.md and every page of docs/, concatenated.
@@ -110,6 +111,12 @@ func TestDocsConfigKeys(t *testing.T) {
 	docs := docsText(t)
 	keys := map[string]bool{}
 	configKeys(reflect.TypeFor[config.Config](), keys)
+	// Each destination type's own keys, from its options struct.
+	reg := all.Registry()
+	for _, typ := range reg.Types() {
+		k, _ := reg.Kind(typ)
+		configKeys(reflect.TypeOf(k.NewOptions()), keys)
+	}
 	var missing []string
 	for k := range keys {
 		if !regexp.MustCompile("[`.]"+regexp.QuoteMeta(k)+"[`:]").MatchString(docs) && !regexp.MustCompile(`(?m)^\s*`+regexp.QuoteMeta(k)+`:`).MatchString(docs) {
@@ -142,6 +149,42 @@ func TestDocsConfigKeys(t *testing.T) {
 				if !keys[part] {
 					t.Errorf("docs/configuration.md lists key %q, which the configuration does not have", m[1])
 				}
+			}
+		}
+	}
+}
+
+// TestDocsDestinationKeys: every key of a destination type's own options is documented
+// in that type's section of docs/destinations.md (`## type`), or in its own page
+// docs/<type>-destination.md.
+func TestDocsDestinationKeys(t *testing.T) {
+	data, err := os.ReadFile("../../docs/destinations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sections := map[string]string{}
+	var cur string
+	for _, line := range strings.Split(string(data), "\n") {
+		if h, ok := strings.CutPrefix(line, "## "); ok {
+			cur = strings.TrimSpace(strings.Trim(h, "`"))
+		}
+		sections[cur] += line + "\n"
+	}
+	reg := all.Registry()
+	for _, typ := range reg.Types() {
+		text := sections[typ]
+		if page, err := os.ReadFile("../../docs/" + typ + "-destination.md"); err == nil {
+			text += string(page)
+		}
+		if text == "" {
+			t.Errorf("destination type %s has no section \"## %s\" in docs/destinations.md", typ, typ)
+			continue
+		}
+		k, _ := reg.Kind(typ)
+		for _, key := range config.OptionKeys(k.NewOptions()) {
+			leaf := key[strings.LastIndexByte(key, '.')+1:]
+			if !strings.Contains(text, "`"+leaf+"`") && !strings.Contains(text, "`"+key+"`") && !regexp.MustCompile(`(?m)^\s*`+regexp.QuoteMeta(leaf)+`:`).MatchString(text) {
+				t.Errorf("destination type %s: key %q is not documented in its section of docs/destinations.md", typ, key)
 			}
 		}
 	}

@@ -10,18 +10,27 @@ import (
 	"github.com/backflowhq/backflow/destinations"
 	"github.com/backflowhq/backflow/destinations/all"
 	"github.com/backflowhq/backflow/destinations/destinationstest"
+	"github.com/backflowhq/backflow/destinations/file"
 )
 
 func TestRegistryHasEveryType(t *testing.T) {
-	want := []string{config.DestFile, config.DestS3, config.DestSegment, config.DestStdout, config.DestWebhook}
-	if got := all.Registry().Types(); !slices.Equal(got, want) {
-		t.Errorf("Types = %v, want %v", got, want)
+	r := all.Registry()
+	for _, typ := range []string{"file", "s3", "segment", "stdout", "webhook"} {
+		if !slices.Contains(r.Types(), typ) {
+			t.Errorf("Types = %v, want %s among them", r.Types(), typ)
+		}
+	}
+	for _, typ := range r.Types() {
+		k, ok := r.Kind(typ)
+		if !ok || k.NewOptions == nil || k.MaxInFlight < 1 || k.BatchSize < 1 {
+			t.Errorf("kind %s: %+v, want options and positive defaults", typ, k)
+		}
 	}
 }
 
 func TestRegistryBuildsWrappedDestinations(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "out.jsonl")
-	d, err := all.Registry().New(context.Background(), config.Destination{Type: config.DestFile, Name: "file", Path: path}, destinations.Env{})
+	d, err := all.Registry().New(context.Background(), config.Destination{Type: "file", Name: "file", Options: &file.Options{Path: path}}, destinations.Env{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,9 +19,9 @@ import (
 func build(t *testing.T, path string) destinations.Destination {
 	t.Helper()
 	r := destinations.NewRegistry()
-	r.Register(config.DestFile, file.New)
+	r.Register(file.Kind())
 	d, err := r.New(context.Background(), config.Destination{
-		Type: config.DestFile, Name: "file", Path: path, BatchSize: 1000,
+		Type: file.Type, Name: "file", Options: &file.Options{Path: path}, BatchSize: 1000,
 		Retry: config.Retry{MaxAttempts: 3, MaxBackoff: 50 * time.Millisecond}, Timeout: 10 * time.Second,
 	}, destinations.Env{})
 	if err != nil {
@@ -79,7 +79,7 @@ func TestRefusesMessagesThatAreNotOneLine(t *testing.T) {
 func TestCheck(t *testing.T) {
 	dir := t.TempDir()
 	check := func(path string) error {
-		d, err := file.New(context.Background(), config.Destination{Path: path}, destinations.Env{})
+		d, err := file.New(context.Background(), config.Destination{Options: &file.Options{Path: path}}, destinations.Env{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -103,7 +103,7 @@ func TestCheck(t *testing.T) {
 	if err := check(filepath.Join(blocker, "out.jsonl")); err == nil || !strings.Contains(err.Error(), "not a directory") {
 		t.Errorf("Check below a regular file: %v", err)
 	}
-	if _, err := file.New(context.Background(), config.Destination{}, destinations.Env{}); err == nil {
+	if _, err := file.New(context.Background(), config.Destination{Options: &file.Options{}}, destinations.Env{}); err == nil {
 		t.Error("New without a path succeeded")
 	}
 }

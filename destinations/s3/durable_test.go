@@ -68,7 +68,7 @@ func TestDurableMidRun(t *testing.T) {
 		t.Run(format, func(t *testing.T) {
 			e := newEnv(t)
 			cfg := e.cfg(format)
-			cfg.MaxObjectRows = 10
+			optsOf(cfg).MaxObjectRows = 10
 			d := e.newDest(t, cfg, tuning{})
 			rec := newDurables()
 			visible := map[int]int{} // write → objects visible when its durable ran
@@ -162,7 +162,7 @@ func (c failParts) UploadPart(ctx context.Context, in *s3.UploadPartInput, opts 
 func TestDurableAbortedObject(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.cfg("jsonl")
-	cfg.MaxObjectRows = 4000 // ~6 MB: object 0 is a real multipart upload too
+	optsOf(cfg).MaxObjectRows = 4000 // ~6 MB: object 0 is a real multipart upload too
 	d := e.newDest(t, cfg, tuning{partSize: 5 << 20, client: failParts{e.mio.Client, wantKey(1, "jsonl")}})
 	rec := newDurables()
 	var (
@@ -209,7 +209,7 @@ func TestDurableAbortedObject(t *testing.T) {
 func TestDurableCloseAborts(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.cfg("jsonl")
-	cfg.MaxObjectRows = 10
+	optsOf(cfg).MaxObjectRows = 10
 	d := e.newDest(t, cfg, tuning{})
 	rec := newDurables()
 	for w, b := range batches(testMessages("ca", 16), 6) { // objects: 0-9 complete, 10-15 open
@@ -238,7 +238,7 @@ func TestDurableConcurrentWriters(t *testing.T) {
 		t.Run(format, func(t *testing.T) {
 			e := newEnv(t)
 			cfg := e.cfg(format)
-			cfg.MaxObjectRows = 97
+			optsOf(cfg).MaxObjectRows = 97
 			d := e.newDest(t, cfg, tuning{})
 			rec := newDurables()
 			const writers, perWriter = 8, 25
@@ -348,7 +348,7 @@ func TestDurableRandomized(t *testing.T) {
 		t.Run(fmt.Sprintf("seed=%d/%s/max_object_rows=%d", seed, format, maxRows), func(t *testing.T) {
 			e := newEnv(t)
 			cfg := e.cfg(format)
-			cfg.MaxObjectRows = maxRows
+			optsOf(cfg).MaxObjectRows = maxRows
 			d := e.newDest(t, cfg, tuning{})
 			rec := newDurables()
 			maxBatch := 30

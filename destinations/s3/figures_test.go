@@ -43,8 +43,8 @@ func TestFigures(t *testing.T) {
 		t.Run(tc.format, func(t *testing.T) {
 			e := newEnv(t)
 			cfg := e.cfg(tc.format)
-			cfg.Compression = tc.compression
-			cfg.MaxObjectRows = int64(total)
+			optsOf(cfg).Compression = tc.compression
+			optsOf(cfg).MaxObjectRows = int64(total)
 			d, err := newDestination(context.Background(), cfg, testEnv(), tuning{})
 			if err != nil {
 				t.Fatal(err)

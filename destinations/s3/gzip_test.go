@@ -33,7 +33,7 @@ func noisyMessages(prefix string, n, pad int) []mapper.Message {
 func TestGzipMultipart(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.cfg("jsonl")
-	cfg.Compression = "gzip"
+	optsOf(cfg).Compression = "gzip"
 	d := e.newDest(t, cfg, tuning{partSize: 5 << 20, partsInFlight: 1})
 	msgs := noisyMessages("gm", 10000, 1400) // ~11 MB compressed: three parts
 	rec := newDurables()
@@ -74,7 +74,7 @@ func TestGzipPartFailure(t *testing.T) {
 		return nil
 	}
 	cfg := e.cfg("jsonl")
-	cfg.Compression = "gzip"
+	optsOf(cfg).Compression = "gzip"
 	d := e.newDest(t, cfg, tuning{partSize: 5 << 20, client: hook})
 	rec := newDurables()
 	var err error
@@ -114,7 +114,7 @@ func TestGzipCancelWhileCompressing(t *testing.T) {
 		return callCtx.Err()
 	}
 	cfg := e.cfg("jsonl")
-	cfg.Compression = "gzip"
+	optsOf(cfg).Compression = "gzip"
 	d := e.newDest(t, cfg, tuning{partSize: 5 << 20, partsInFlight: 1, client: hook})
 	durable := false
 	err := d.WriteDeferred(ctx, noisyMessages("gc", 20000, 1400), func() { durable = true })

@@ -166,12 +166,18 @@ func newEnv(t *testing.T) *env {
 func (e *env) cfg(format string) config.Destination {
 	o := e.mio.Options()
 	return config.Destination{
-		Type: "s3", Name: "lake", URL: "s3://" + e.bucket + "/out/",
-		Region: o.Region, Endpoint: o.Endpoint, PathStyle: o.PathStyle, Auth: o.Auth,
-		Key: "{stream_name}/{date}/{connection_run_id}-{part}.{extension}", Format: format, Compression: "none",
-		CSV: config.CSV{Delimiter: ","}, Timeout: 30 * time.Second,
+		Type: "s3", Name: "lake", Timeout: 30 * time.Second,
+		Options: &Options{
+			URL: "s3://" + e.bucket + "/out/", S3Options: o,
+			Key: "{stream_name}/{date}/{connection_run_id}-{part}.{extension}", Format: format, Compression: "none",
+			CSV: CSV{Delimiter: ","}, MaxObjectRows: DefaultMaxObjectRows,
+		},
 	}
 }
+
+// optsOf returns the s3 options of cfg, to change one of them (cfg's own: each call of
+// env.cfg makes new ones).
+func optsOf(cfg config.Destination) *Options { return cfg.Options.(*Options) }
 
 var testRunStarted = time.Date(2025, 4, 14, 11, 23, 45, 0, time.UTC)
 

@@ -31,7 +31,7 @@ func TestJSONL(t *testing.T) {
 			cfg := e.cfg("jsonl")
 			ext := "jsonl"
 			if gz {
-				cfg.Compression = "gzip"
+				optsOf(cfg).Compression = "gzip"
 				ext = "jsonl.gz"
 			}
 			d := e.newDest(t, cfg, tuning{})
@@ -136,10 +136,10 @@ func TestCSV(t *testing.T) {
 		t.Run(fmt.Sprintf("%s/gzip=%t/quote_all=%t", tt.delim, tt.gzip, tt.quoteAll), func(t *testing.T) {
 			e := newEnv(t)
 			cfg := e.cfg("csv")
-			cfg.CSV = config.CSV{Delimiter: tt.delim, QuoteAll: tt.quoteAll}
+			optsOf(cfg).CSV = CSV{Delimiter: tt.delim, QuoteAll: tt.quoteAll}
 			ext := "csv"
 			if tt.gzip {
-				cfg.Compression = "gzip"
+				optsOf(cfg).Compression = "gzip"
 				ext = "csv.gz"
 			}
 			d := e.newDest(t, cfg, tuning{})
@@ -173,7 +173,7 @@ func TestCSV(t *testing.T) {
 func TestCSVNullAndEmpty(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.cfg("csv")
-	cfg.CSV.QuoteAll = true
+	optsOf(cfg).CSV.QuoteAll = true
 	d := e.newDest(t, cfg, tuning{})
 	write(t, d, []mapper.Message{newMsg("identify", "m1", "u1", `{"a":"","b":null}`, "")})
 	if err := d.Flush(context.Background()); err != nil {
@@ -220,7 +220,7 @@ func TestMaxObjectRows(t *testing.T) {
 		t.Run(format, func(t *testing.T) {
 			e := newEnv(t)
 			cfg := e.cfg(format)
-			cfg.MaxObjectRows = 10
+			optsOf(cfg).MaxObjectRows = 10
 			d := e.newDest(t, cfg, tuning{})
 			msgs := testMessages("r", 25)
 			write(t, d, batches(msgs, 7)...)
@@ -492,7 +492,7 @@ func TestConcurrentWrites(t *testing.T) {
 		t.Run(format, func(t *testing.T) {
 			e := newEnv(t)
 			cfg := e.cfg(format)
-			cfg.MaxObjectRows = 300
+			optsOf(cfg).MaxObjectRows = 300
 			d := e.newDest(t, cfg, tuning{})
 			const writers, perWriter = 8, 120
 			var wg sync.WaitGroup
@@ -610,25 +610,25 @@ func TestCheck(t *testing.T) {
 	e := newEnv(t)
 	e.mio.Put(t, e.bucket, "proof/backflow.txt", []byte("mine"))
 	cfg := e.cfg("jsonl")
-	cfg.VerifyObject = "proof/backflow.txt"
+	optsOf(cfg).VerifyObject = "proof/backflow.txt"
 	d := e.newDest(t, cfg, tuning{})
 	if err := d.Check(context.Background()); err != nil {
 		t.Fatalf("Check: %v", err)
 	}
-	cfg.VerifyObject = "proof/missing.txt"
+	optsOf(cfg).VerifyObject = "proof/missing.txt"
 	d = e.newDest(t, cfg, tuning{})
 	err := d.Check(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "verify_object s3://"+e.bucket+"/proof/missing.txt does not exist") {
 		t.Fatalf("Check = %v, want the missing verify_object named", err)
 	}
 	cfg = e.cfg("jsonl")
-	cfg.URL = "s3://no-such-bucket-bf/x/"
+	optsOf(cfg).URL = "s3://no-such-bucket-bf/x/"
 	d = e.newDest(t, cfg, tuning{})
 	if err := d.Check(context.Background()); err == nil || !strings.Contains(err.Error(), "s3://no-such-bucket-bf") {
 		t.Fatalf("Check = %v, want the bucket named", err)
 	}
 	cfg = e.cfg("jsonl")
-	cfg.Auth.SecretAccessKey = "wrong-secret"
+	optsOf(cfg).Auth.SecretAccessKey = "wrong-secret"
 	d = e.newDest(t, cfg, tuning{})
 	// The diagnosis the source gives for the same wrong secret: bad credentials, not
 	// the bare "access denied" of a HEAD request.
@@ -646,8 +646,8 @@ func TestCheck(t *testing.T) {
 func TestKeyMacros(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.cfg("jsonl")
-	cfg.URL = "s3://" + e.bucket + "/lake" // no trailing slash: one is added
-	cfg.Key = "{stream_name}/{stream_id}/{connection_id}/{iso_date}/{hour}{minute}{second}/{stream_run_id}-{part}.{extension}"
+	optsOf(cfg).URL = "s3://" + e.bucket + "/lake" // no trailing slash: one is added
+	optsOf(cfg).Key = "{stream_name}/{stream_id}/{connection_id}/{iso_date}/{hour}{minute}{second}/{stream_run_id}-{part}.{extension}"
 	d := e.newDest(t, cfg, tuning{})
 	write(t, d, testMessages("k", 1))
 	if err := d.Flush(context.Background()); err != nil {
@@ -670,28 +670,29 @@ func TestKeyMacros(t *testing.T) {
 }
 
 func TestNewRefuses(t *testing.T) {
-	base := config.Destination{Type: "s3", URL: "s3://b/p/", Key: keytemplate.Default, Format: "jsonl",
-		Endpoint: "http://127.0.0.1:1", Region: "us-east-1", Auth: config.Auth{Mode: "keys", AccessKeyID: "a", SecretAccessKey: "b"}}
+	base := Options{URL: "s3://b/p/", Key: keytemplate.Default, Format: "jsonl",
+		S3Options: config.S3Options{Endpoint: "http://127.0.0.1:1", Region: "us-east-1", Auth: config.Auth{Mode: "keys", AccessKeyID: "a", SecretAccessKey: "b"}}}
 	tests := []struct {
 		name string
-		mod  func(*config.Destination)
+		mod  func(*Options)
 		env  func(*destinations.Env)
 		want string
 	}{
-		{"bad url", func(c *config.Destination) { c.URL = "http://b/p" }, nil, "must be s3://bucket/prefix"},
-		{"bad format", func(c *config.Destination) { c.Format = "xml" }, nil, `format "xml"`},
-		{"gzip parquet", func(c *config.Destination) { c.Format = "parquet"; c.Compression = "gzip" }, nil, "gzip is not used with format parquet"},
-		{"bad delimiter", func(c *config.Destination) { c.Format = "csv"; c.CSV.Delimiter = ";" }, nil, "csv.delimiter"},
-		{"bad key", func(c *config.Destination) { c.Key = "{nope}" }, nil, "unknown macro {nope}"},
+		{"bad url", func(c *Options) { c.URL = "http://b/p" }, nil, "must be s3://bucket/prefix"},
+		{"bad format", func(c *Options) { c.Format = "xml" }, nil, `format "xml"`},
+		{"gzip parquet", func(c *Options) { c.Format = "parquet"; c.Compression = "gzip" }, nil, "gzip is not used with format parquet"},
+		{"bad delimiter", func(c *Options) { c.Format = "csv"; c.CSV.Delimiter = ";" }, nil, "csv.delimiter"},
+		{"bad key", func(c *Options) { c.Key = "{nope}" }, nil, "unknown macro {nope}"},
 		{"run id with a space", nil, func(e *destinations.Env) { e.RunID = "a b" }, "contains a space"},
-		{"key over 1024 bytes", func(c *config.Destination) { c.URL = "s3://b/" + strings.Repeat("p", 1000) }, nil, "over S3's limit of 1024"},
+		{"key over 1024 bytes", func(c *Options) { c.URL = "s3://b/" + strings.Repeat("p", 1000) }, nil, "over S3's limit of 1024"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg := base
+			o := base
 			if tt.mod != nil {
-				tt.mod(&cfg)
+				tt.mod(&o)
 			}
+			cfg := config.Destination{Type: "s3", Options: &o}
 			env := testEnv()
 			if tt.env != nil {
 				tt.env(&env)

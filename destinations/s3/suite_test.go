@@ -19,8 +19,8 @@ func TestSuite(t *testing.T) {
 	destinationstest.RunSuite(t, func(t *testing.T) (destinations.Destination, destinationstest.Receiver) {
 		e := newEnv(t)
 		cfg := e.cfg("jsonl")
-		cfg.Compression = "gzip"
-		cfg.MaxObjectRows = 70 // several objects per test
+		optsOf(cfg).Compression = "gzip"
+		optsOf(cfg).MaxObjectRows = 70 // several objects per test
 		cfg.Retry = config.Retry{MaxAttempts: 3, MaxBackoff: 100 * time.Millisecond}
 		d, err := New(context.Background(), cfg, testEnv())
 		if err != nil {

@@ -25,7 +25,7 @@ const writeKey = "wk_test"
 
 func cfgFor(endpoint string) config.Destination {
 	return config.Destination{
-		Type: config.DestSegment, Name: "segment", WriteKey: writeKey, Endpoint: endpoint,
+		Type: segment.Type, Name: "segment", Options: &segment.Options{WriteKey: writeKey, Endpoint: endpoint},
 		BatchSize: 100, MaxInFlight: 4,
 		Retry: config.Retry{MaxAttempts: 4, MaxBackoff: 20 * time.Millisecond}, Timeout: 5 * time.Second,
 	}
@@ -34,7 +34,7 @@ func cfgFor(endpoint string) config.Destination {
 func build(t testing.TB, cfg config.Destination) destinations.Destination {
 	t.Helper()
 	r := destinations.NewRegistry()
-	r.Register(config.DestSegment, segment.New)
+	r.Register(segment.Kind())
 	d, err := r.New(context.Background(), cfg, destinations.Env{Version: "1.2.3"})
 	if err != nil {
 		t.Fatal(err)
@@ -276,7 +276,7 @@ func TestCheck(t *testing.T) {
 		t.Error("Check of a closed port succeeded")
 	}
 	noKey := cfgFor(srv.URL)
-	noKey.WriteKey = ""
+	noKey.Options = &segment.Options{Endpoint: srv.URL}
 	if _, err := segment.New(context.Background(), noKey, destinations.Env{}); err == nil {
 		t.Error("New without a write key succeeded")
 	}

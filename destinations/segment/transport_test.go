@@ -19,7 +19,7 @@ func TestOversizeBatchIsSplitBeforeSending(t *testing.T) {
 	const limit = 20_000
 	srv := destinationstest.NewSegmentServer(t, destinationstest.SegmentServerOptions{WriteKey: "k", MaxBodyBytes: limit})
 	d, err := New(context.Background(), config.Destination{
-		WriteKey: "k", Endpoint: srv.URL, BatchSize: 100,
+		Options: &Options{WriteKey: "k", Endpoint: srv.URL}, BatchSize: 100,
 		Retry: config.Retry{MaxAttempts: 3, MaxBackoff: 10 * time.Millisecond}, Timeout: 5 * time.Second,
 	}, destinations.Env{})
 	if err != nil {
@@ -64,7 +64,7 @@ func (e errTest) Error() string { return string(e) }
 func TestBatchesFillUpTo500KB(t *testing.T) {
 	srv := destinationstest.NewSegmentServer(t, destinationstest.SegmentServerOptions{WriteKey: "k"})
 	s, err := newSegment(config.Destination{
-		WriteKey: "k", Endpoint: srv.URL, BatchSize: 100,
+		Options: &Options{WriteKey: "k", Endpoint: srv.URL}, BatchSize: 100,
 		Retry: config.Retry{MaxAttempts: 3, MaxBackoff: 10 * time.Millisecond}, Timeout: 5 * time.Second,
 	}, destinations.Env{}, time.Hour)
 	if err != nil {
@@ -107,8 +107,8 @@ func TestAnalyticsClientTimeoutDoesNotCancelAttempts(t *testing.T) {
 	srv := destinationstest.NewSegmentServer(t, destinationstest.SegmentServerOptions{WriteKey: "k"})
 	srv.FailNext(1)
 	d, err := newSegment(config.Destination{
-		WriteKey: "k", Endpoint: srv.URL,
-		Retry: config.Retry{MaxAttempts: 3, MaxBackoff: 10 * time.Millisecond}, Timeout: 5 * time.Second,
+		Options: &Options{WriteKey: "k", Endpoint: srv.URL},
+		Retry:   config.Retry{MaxAttempts: 3, MaxBackoff: 10 * time.Millisecond}, Timeout: 5 * time.Second,
 	}, destinations.Env{}, time.Hour)
 	if err != nil {
 		t.Fatal(err)

@@ -15,9 +15,9 @@ import (
 func build(t *testing.T, env destinations.Env) destinations.Destination {
 	t.Helper()
 	r := destinations.NewRegistry()
-	r.Register(config.DestStdout, stdout.New)
+	r.Register(stdout.Kind())
 	d, err := r.New(context.Background(), config.Destination{
-		Type: config.DestStdout, Name: "stdout", BatchSize: 1000,
+		Type: stdout.Type, Name: "stdout", Options: &stdout.Options{}, BatchSize: 1000,
 		Retry: config.Retry{MaxAttempts: 3, MaxBackoff: 50 * time.Millisecond}, Timeout: 10 * time.Second,
 	}, env)
 	if err != nil {

@@ -22,8 +22,8 @@ const token = "Bearer s3cr3t"
 
 func cfgFor(url string, gzip bool) config.Destination {
 	return config.Destination{
-		Type: config.DestWebhook, Name: "hook", URL: url, Gzip: gzip, BatchSize: 500, MaxInFlight: 4,
-		Headers: map[string]string{"Authorization": token},
+		Type: webhook.Type, Name: "hook", BatchSize: 500, MaxInFlight: 4,
+		Options: &webhook.Options{URL: url, Gzip: gzip, Headers: map[string]string{"Authorization": token}},
 		Retry:   config.Retry{MaxAttempts: 4, MaxBackoff: 20 * time.Millisecond}, Timeout: 5 * time.Second,
 	}
 }
@@ -31,7 +31,7 @@ func cfgFor(url string, gzip bool) config.Destination {
 func build(t testing.TB, cfg config.Destination) destinations.Destination {
 	t.Helper()
 	r := destinations.NewRegistry()
-	r.Register(config.DestWebhook, webhook.New)
+	r.Register(webhook.Kind())
 	d, err := r.New(context.Background(), cfg, destinations.Env{Version: "1.2.3"})
 	if err != nil {
 		t.Fatal(err)
