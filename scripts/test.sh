@@ -7,6 +7,9 @@
 #
 # Environment:
 #   BACKFLOW_REQUIRE_INTEGRATION=1  fail (instead of skip) when MinIO or fauxqs cannot be installed
+#   BACKFLOW_PG_BIN=DIR             where PostgreSQL's initdb, pg_ctl and postgres are (default: found
+#                                   in /usr/lib/postgresql/*/bin or on PATH; installed with apt-get
+#                                   as root when missing and integration tests are required)
 #   BACKFLOW_FAUXQS=PATH            the fauxqs command, or a directory with node_modules/fauxqs
 #   BACKFLOW_NODE=PATH              a Node.js >= 22.5 binary to run fauxqs with
 #   BACKFLOW_REQUIRE_BROWSER=1      install Chromium with apt-get when it is missing (as root,
@@ -80,6 +83,33 @@ if [ "${BACKFLOW_REQUIRE_BROWSER:-}" = "1" ] && ! have_browser; then
   else
     echo "Chromium is missing and cannot be installed here (needs root and apt-get): apt-get install chromium" >&2
     exit 1
+  fi
+fi
+
+# The postgres destination's tests run a real PostgreSQL server (initdb and pg_ctl of a
+# throwaway cluster on a loopback port, as an unprivileged user when run as root). Debian's
+# postgresql package provides it; it is installed when missing and integration tests are
+# required (as root, as CI runs).
+find_pg_bin() {
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && { echo "$d"; return 0; }
+  done
+  command -v pg_ctl >/dev/null 2>&1 && command -v initdb >/dev/null 2>&1 && { dirname "$(command -v pg_ctl)"; return 0; }
+  return 1
+}
+if [ -z "${BACKFLOW_PG_BIN:-}" ]; then
+  if ! find_pg_bin >/dev/null && [ "${BACKFLOW_REQUIRE_INTEGRATION:-}" = "1" ]; then
+    echo "== installing PostgreSQL with apt-get (the postgres tests are required)"
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql
+    else
+      echo "PostgreSQL is missing and cannot be installed here (needs root and apt-get): apt-get install postgresql" >&2
+      exit 1
+    fi
+  fi
+  if pg_bin="$(find_pg_bin)"; then
+    export BACKFLOW_PG_BIN="$pg_bin"
   fi
 fi
 
