@@ -20,9 +20,9 @@ func (r *run) writer(d int, queue <-chan *batch) {
 			r.ledger.notDelivered(d, len(b.msgs))
 			continue
 		}
-		if r.deliverCtx.Err() != nil {
-			// The grace is over: the batch is abandoned, not refused; the next run
-			// sends it.
+		if r.deliverCtx.Err() != nil || r.cutShort[d].Load() {
+			// The grace is over, or the destination was failing when the run began to
+			// stop: the batch is abandoned, not refused; the next run sends it.
 			continue
 		}
 		r.obs.BatchStarted(r.sync.Name, name)
@@ -139,6 +139,7 @@ func (r *run) result(d int, b *batch, err error) (refused map[int]bool, ok bool)
 		if r.readCtx.Err() != nil && destinations.IsRetryable(err) {
 			// The run is stopping, and a failure that could have been retried was not:
 			// the batch is left for the next run, the destination did not fail.
+			r.cutShort[d].Store(true)
 			return nil, false
 		}
 		r.ledger.notDelivered(d, len(b.msgs))

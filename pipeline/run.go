@@ -133,6 +133,10 @@ type run struct {
 	deliverCtx context.Context
 
 	broken []atomic.Bool // per destination: failed for good in this run
+	// cutShort, per destination: a write was still being retried when the run began to
+	// stop. Its writers start no other batch: each would be one more request to a
+	// destination that is failing, after the user asked the run to stop.
+	cutShort []atomic.Bool
 
 	mu        sync.Mutex // guards the fields below and the report's file errors
 	fatal     error
@@ -622,6 +626,7 @@ func (r *run) openDestinations(ctx context.Context) error {
 	n := len(r.dests)
 	r.destErr = make([]error, n)
 	r.broken = make([]atomic.Bool, n)
+	r.cutShort = make([]atomic.Bool, n)
 	return nil
 }
 
