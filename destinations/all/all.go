@@ -4,6 +4,7 @@ package all
 
 import (
 	"github.com/backflowhq/backflow/destinations"
+	"github.com/backflowhq/backflow/destinations/amplitude"
 	"github.com/backflowhq/backflow/destinations/file"
 	"github.com/backflowhq/backflow/destinations/s3"
 	"github.com/backflowhq/backflow/destinations/segment"
@@ -14,6 +15,7 @@ import (
 // Registry returns a registry of every destination type.
 func Registry() *destinations.Registry {
 	r := destinations.NewRegistry()
+	r.Register(amplitude.Kind())
 	r.Register(file.Kind())
 	r.Register(s3.Kind())
 	r.Register(segment.Kind())
