@@ -6,6 +6,7 @@ import (
 	"github.com/backflowhq/backflow/destinations"
 	"github.com/backflowhq/backflow/destinations/amplitude"
 	"github.com/backflowhq/backflow/destinations/file"
+	"github.com/backflowhq/backflow/destinations/mixpanel"
 	"github.com/backflowhq/backflow/destinations/s3"
 	"github.com/backflowhq/backflow/destinations/segment"
 	"github.com/backflowhq/backflow/destinations/stdout"
@@ -17,6 +18,7 @@ func Registry() *destinations.Registry {
 	r := destinations.NewRegistry()
 	r.Register(amplitude.Kind())
 	r.Register(file.Kind())
+	r.Register(mixpanel.Kind())
 	r.Register(s3.Kind())
 	r.Register(segment.Kind())
 	r.Register(stdout.Kind())

@@ -75,9 +75,13 @@ func Result(failed []destinations.Failure) error {
 	if len(failed) == 0 {
 		return nil
 	}
+	return &destinations.BatchError{Failed: Sorted(failed)}
+}
+
+// Sorted sorts failed by index and keeps the first failure of each index.
+func Sorted(failed []destinations.Failure) []destinations.Failure {
 	slices.SortStableFunc(failed, func(a, b destinations.Failure) int { return a.Index - b.Index })
-	failed = slices.CompactFunc(failed, func(a, b destinations.Failure) bool { return a.Index == b.Index })
-	return &destinations.BatchError{Failed: failed}
+	return slices.CompactFunc(failed, func(a, b destinations.Failure) bool { return a.Index == b.Index })
 }
 
 // Limits are an API's limits on one request.
@@ -136,9 +140,13 @@ func TooLarge(api string, size int, l Limits) error {
 	return &destinations.PermanentError{Err: fmt.Errorf("the message is %d bytes as %s expects it, over its limit of %d bytes per request", size+l.Overhead, api, l.MaxBytes)}
 }
 
+// Skip, returned by an encoder, means the message has no item of this kind (it is not
+// refused).
+var Skip = errors.New("no item")
+
 // Encode encodes every message with enc into one buffer, buf's backing array reused.
-// It returns each message's item (nil for a message enc refused), the indices of the
-// encoded messages, the refusals, and the buffer (to pool).
+// It returns each message's item (nil for a message enc refused or skipped), the indices
+// of the encoded messages, the refusals, and the buffer (to pool).
 func Encode(buf []byte, msgs []mapper.Message, enc func(dst []byte, m *mapper.Message) ([]byte, error)) (items [][]byte, idx []int, failed []destinations.Failure, out []byte) {
 	buf = buf[:0]
 	ends := make([]int, len(msgs)+1)
@@ -147,10 +155,13 @@ func Encode(buf []byte, msgs []mapper.Message, enc func(dst []byte, m *mapper.Me
 		start := len(buf)
 		var err error
 		buf, err = enc(buf, &msgs[i])
-		if err != nil {
+		switch {
+		case errors.Is(err, Skip):
+			buf = buf[:start]
+		case err != nil:
 			buf = buf[:start]
 			failed = append(failed, destinations.Failure{Index: i, Err: &destinations.PermanentError{Err: err}})
-		} else {
+		default:
 			idx = append(idx, i)
 		}
 		ends[i+1] = len(buf)
