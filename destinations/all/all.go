@@ -5,6 +5,7 @@ package all
 import (
 	"github.com/backflowhq/backflow/destinations"
 	"github.com/backflowhq/backflow/destinations/amplitude"
+	"github.com/backflowhq/backflow/destinations/braze"
 	"github.com/backflowhq/backflow/destinations/file"
 	"github.com/backflowhq/backflow/destinations/mixpanel"
 	"github.com/backflowhq/backflow/destinations/s3"
@@ -17,6 +18,7 @@ import (
 func Registry() *destinations.Registry {
 	r := destinations.NewRegistry()
 	r.Register(amplitude.Kind())
+	r.Register(braze.Kind())
 	r.Register(file.Kind())
 	r.Register(mixpanel.Kind())
 	r.Register(s3.Kind())

@@ -148,7 +148,7 @@ func New(_ context.Context, cfg config.Destination, env destinations.Env) (desti
 	}
 	prefix := string(httpapi.AppendString([]byte(`{"api_key":`), o.APIKey)) + `,"events":[`
 	return &Amplitude{
-		client:    httpapi.NewClient(cfg.MaxInFlight, env.Version),
+		client:    httpapi.NewClient(cfg.MaxInFlight, env.Version, o.APIKey),
 		url:       endpoint + path,
 		limits:    httpapi.Limits{MaxCount: MaxEvents, MaxBytes: maxBytes, Overhead: len(prefix) + len("]}")},
 		prefix:    prefix,

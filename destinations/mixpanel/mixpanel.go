@@ -169,7 +169,7 @@ func New(_ context.Context, cfg config.Destination, env destinations.Env) (desti
 		groupKey = DefaultGroupKey
 	}
 	return &Mixpanel{
-		client:     httpapi.NewClient(cfg.MaxInFlight, env.Version),
+		client:     httpapi.NewClient(cfg.MaxInFlight, env.Version, o.Secrets()...),
 		importURL:  endpoint + "/import?" + q.Encode(),
 		engageURL:  endpoint + "/engage?verbose=1",
 		groupsURL:  endpoint + "/groups?verbose=1",

@@ -29,10 +29,19 @@ const MaxResponseBytes = 1 << 20
 type Client struct {
 	http      *http.Client
 	userAgent string
+	secrets   [][]byte
 }
 
 // NewClient returns a client keeping up to maxInFlight idle connections to the API.
-func NewClient(maxInFlight int, version string) *Client {
+// secrets (API keys, tokens) are masked in every answer it reads: some APIs echo a
+// refused key ("Invalid API key: …"), and answers end up in errors, logs and rejects.
+func NewClient(maxInFlight int, version string, secrets ...string) *Client {
+	var masks [][]byte
+	for _, s := range secrets {
+		if len(s) >= 4 { // shorter ones would mask ordinary text
+			masks = append(masks, []byte(s))
+		}
+	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = max(maxInFlight, 2)
 	if version == "" {
@@ -45,6 +54,7 @@ func NewClient(maxInFlight int, version string) *Client {
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
 		userAgent: "backflow/" + version,
+		secrets:   masks,
 	}
 }
 
@@ -94,6 +104,9 @@ func (c *Client) Post(ctx context.Context, url, contentType string, body []byte,
 		return nil, err
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // lets the connection be reused
+	for _, secret := range c.secrets {
+		b = bytes.ReplaceAll(b, secret, []byte("[redacted]"))
+	}
 	return &Response{Status: resp.StatusCode, Header: resp.Header, Body: b}, nil
 }
 
