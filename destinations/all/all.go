@@ -8,6 +8,7 @@ import (
 	"github.com/backflowhq/backflow/destinations/braze"
 	"github.com/backflowhq/backflow/destinations/file"
 	"github.com/backflowhq/backflow/destinations/mixpanel"
+	"github.com/backflowhq/backflow/destinations/rudderstack"
 	"github.com/backflowhq/backflow/destinations/s3"
 	"github.com/backflowhq/backflow/destinations/segment"
 	"github.com/backflowhq/backflow/destinations/stdout"
@@ -21,6 +22,7 @@ func Registry() *destinations.Registry {
 	r.Register(braze.Kind())
 	r.Register(file.Kind())
 	r.Register(mixpanel.Kind())
+	r.Register(rudderstack.Kind())
 	r.Register(s3.Kind())
 	r.Register(segment.Kind())
 	r.Register(stdout.Kind())
