@@ -19,14 +19,17 @@
 //	    region: eu            # or endpoint: https://api2.amplitude.com (the default)
 //	    api: httpapi          # or batch (Batch Event Upload, 20 MB requests)
 //	    group_type: company   # the group type of group messages
+//	    min_id_length: 1      # accept ids shorter than Amplitude's default of 5
 package amplitude
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -80,6 +83,9 @@ type Options struct {
 	Endpoint  string `mapstructure:"endpoint"`   // base URL; overrides region
 	API       string `mapstructure:"api"`        // httpapi | batch
 	GroupType string `mapstructure:"group_type"` // default DefaultGroupType
+	// MinIDLength, when set, is sent as options.min_id_length: Amplitude refuses a
+	// user_id or device_id shorter than 5 characters unless told otherwise.
+	MinIDLength int `mapstructure:"min_id_length"`
 }
 
 // Prepare fills the defaults and checks every key.
@@ -104,6 +110,9 @@ func (o *Options) Prepare(c *config.OptionsCheck) {
 	c.OneOf("api", o.API, APIHTTP, APIBatch)
 	if o.GroupType == "" {
 		o.GroupType = DefaultGroupType
+	}
+	if o.MinIDLength < 0 {
+		c.Problem("min_id_length", "must not be negative")
 	}
 }
 
@@ -146,21 +155,18 @@ func New(_ context.Context, cfg config.Destination, env destinations.Env) (desti
 	if o.API == APIBatch {
 		path, maxBytes = "/batch", MaxBatchBytes
 	}
-	prefix := string(httpapi.AppendString([]byte(`{"api_key":`), o.APIKey)) + `,"events":[`
+	prefix := string(httpapi.AppendString([]byte(`{"api_key":`), o.APIKey))
+	if o.MinIDLength > 0 {
+		prefix += `,"options":{"min_id_length":` + strconv.Itoa(o.MinIDLength) + `}`
+	}
+	prefix += `,"events":[`
 	return &Amplitude{
 		client:    httpapi.NewClient(cfg.MaxInFlight, env.Version, o.APIKey),
 		url:       endpoint + path,
 		limits:    httpapi.Limits{MaxCount: MaxEvents, MaxBytes: maxBytes, Overhead: len(prefix) + len("]}")},
 		prefix:    prefix,
-		groupType: cmpOr(o.GroupType, DefaultGroupType),
+		groupType: cmp.Or(o.GroupType, DefaultGroupType),
 	}, nil
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // Write sends msgs as events, in requests within Amplitude's limits. Events Amplitude

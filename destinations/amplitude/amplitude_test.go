@@ -23,15 +23,15 @@ const key = "amp-key-123"
 
 // event is an event as Amplitude's HTTP V2 API reads it.
 type event struct {
-	EventType       string          `json:"event_type"`
-	UserID          string          `json:"user_id"`
-	DeviceID        string          `json:"device_id"`
-	Time            int64           `json:"time"`
-	InsertID        string          `json:"insert_id"`
-	EventProperties json.RawMessage `json:"event_properties"`
-	UserProperties  json.RawMessage `json:"user_properties"`
-	Groups          map[string]string
-	GroupProperties json.RawMessage `json:"group_properties"`
+	EventType       string            `json:"event_type"`
+	UserID          string            `json:"user_id"`
+	DeviceID        string            `json:"device_id"`
+	Time            int64             `json:"time"`
+	InsertID        string            `json:"insert_id"`
+	EventProperties json.RawMessage   `json:"event_properties"`
+	UserProperties  json.RawMessage   `json:"user_properties"`
+	Groups          map[string]string `json:"groups"`
+	GroupProperties json.RawMessage   `json:"group_properties"`
 }
 
 // handler answers as Amplitude's HTTP V2 API documents
@@ -268,6 +268,18 @@ func TestSizeLimits(t *testing.T) {
 	}
 	if n := len(limited.Received()); n != 8 {
 		t.Errorf("%d of 8 received after 413s", n)
+	}
+}
+
+func TestMinIDLength(t *testing.T) {
+	srv := apitest.New(t, handler)
+	cfg := cfgFor(srv.URL)
+	cfg.Options.(*amplitude.Options).MinIDLength = 1
+	if err := build(t, cfg).Write(context.Background(), destinationstest.Messages("min", 1)); err != nil {
+		t.Fatal(err)
+	}
+	if r := srv.Requests(); len(r) != 1 || !strings.HasPrefix(string(r[0].Body), `{"api_key":"amp-key-123","options":{"min_id_length":1},"events":[{`) {
+		t.Errorf("body %s", r[0].Body)
 	}
 }
 

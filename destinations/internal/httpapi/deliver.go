@@ -174,8 +174,8 @@ func Encode(buf []byte, msgs []mapper.Message, enc func(dst []byte, m *mapper.Me
 	return items, idx, failed, buf
 }
 
-// Keep returns the indices of idx for which keep is true and appends a refusal by
-// refuse for the others to failed.
+// Keep returns the indices of idx for which keep returns nil, and appends the others,
+// with keep's error, to failed. It reuses idx's array.
 func Keep(idx []int, failed []destinations.Failure, keep func(i int) error) ([]int, []destinations.Failure) {
 	out := idx[:0]
 	for _, i := range idx {
