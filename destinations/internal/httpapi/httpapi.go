@@ -139,8 +139,10 @@ func Excerpt(b []byte) string {
 // limit resets; a small number is taken as seconds from now), else 0. Values in the past
 // or malformed count as 0; a day at most.
 func RetryAfter(h http.Header, now time.Time) time.Duration {
+	const day = 86400
 	if d := destinations.ParseRetryAfter(h.Get("Retry-After"), now); d > 0 {
-		return d
+		// ParseRetryAfter caps delay-seconds but not an HTTP date far ahead.
+		return min(d, day*time.Second)
 	}
 	v := strings.TrimSpace(h.Get("X-RateLimit-Reset"))
 	if v == "" {
@@ -150,7 +152,6 @@ func RetryAfter(h http.Header, now time.Time) time.Duration {
 	if err != nil || secs <= 0 || secs != secs {
 		return 0
 	}
-	const day = 86400
 	if secs < 1e9 { // a delay, not an epoch second
 		return time.Duration(min(secs, day) * float64(time.Second))
 	}

@@ -215,3 +215,16 @@ func FuzzAppendObject(f *testing.F) {
 		}
 	})
 }
+
+func FuzzRetryAfter(f *testing.F) {
+	for _, s := range [][2]string{{"3", ""}, {"", "1700000010"}, {"Wed, 21 Oct 2015 07:28:00 GMT", ""}, {"", "-5"}, {"", "1e308"}, {"x", "NaN"}, {"", "Inf"}} {
+		f.Add(s[0], s[1])
+	}
+	now := time.Unix(1_700_000_000, 0)
+	f.Fuzz(func(t *testing.T, retryAfter, reset string) {
+		d := httpapi.RetryAfter(http.Header{"Retry-After": {retryAfter}, "X-Ratelimit-Reset": {reset}}, now)
+		if d < 0 || d > 24*time.Hour {
+			t.Fatalf("Retry-After %q, X-RateLimit-Reset %q: %s", retryAfter, reset, d)
+		}
+	})
+}
