@@ -319,3 +319,21 @@ func FuzzParseError(f *testing.F) {
 		}
 	})
 }
+
+// TestIdentifiers: an anonymousId becomes device_id; a message with neither identifier
+// is rejected without a request.
+func TestIdentifiers(t *testing.T) {
+	srv := apitest.New(t, handler)
+	d := build(t, cfgFor(srv.URL))
+	anon := destinationstest.NewMessage("track", "a1", "", `{}`, "")
+	anon.AnonymousID = "device-1"
+	none := destinationstest.NewMessage("identify", "a2", "", `{}`, "")
+	err := d.Write(context.Background(), []mapper.Message{none, anon})
+	var be *destinations.BatchError
+	if !errors.As(err, &be) || len(be.Failed) != 1 || be.Failed[0].Index != 0 || !strings.Contains(be.Failed[0].Err.Error(), "neither") {
+		t.Fatalf("Write = %v, want the message without identifiers refused", err)
+	}
+	if r := srv.Requests(); len(r) != 1 || !strings.Contains(string(r[0].Body), `"device_id":"device-1"`) || strings.Contains(string(r[0].Body), `"user_id"`) {
+		t.Errorf("requests %d: %s", len(r), r[0].Body)
+	}
+}
