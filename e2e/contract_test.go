@@ -130,12 +130,12 @@ syncs:
 			want: []string{`max_in_flight: "REDACTED" is not a number`}, notWant: []string{"abc"}},
 		{name: "3 a destination's own keys: typo, another type's key, every problem",
 			setup: configText("syncs:\n  - name: users\n    source: {url: data}\n    mapping: {type: identify, user_id: customer_id}\n" +
-				"    destinations:\n      - {type: webhook, url: \"ftp://x\", write_key: k, gzp: true, batch_sise: 3}\n" +
+				"    destinations:\n      - {type: webhook, url: \"ftp://x\", verify_object: k, gzp: true, batch_sise: 3}\n" +
 				"      - {type: s3, url: \"s3://b/p\", format: xml, max_object_rows: 1.5}\n"),
 			args: []string{"check"}, code: 2,
 			want: []string{`destinations[0].gzp: unknown key, did you mean "gzip"?`,
 				`destinations[0].batch_sise: unknown key, did you mean "batch_size"?`,
-				"destinations[0].write_key: not used by type webhook (it is a key of type segment)",
+				"destinations[0].verify_object: not used by type webhook (it is a key of type s3)",
 				"destinations[0].url: must be an http:// or https:// URL",
 				`destinations[1].format: "xml" is not one of jsonl, csv, parquet`,
 				"destinations[1].max_object_rows: must be a whole number"}},

@@ -4,7 +4,11 @@ package all
 
 import (
 	"github.com/backflowhq/backflow/destinations"
+	"github.com/backflowhq/backflow/destinations/amplitude"
+	"github.com/backflowhq/backflow/destinations/braze"
 	"github.com/backflowhq/backflow/destinations/file"
+	"github.com/backflowhq/backflow/destinations/mixpanel"
+	"github.com/backflowhq/backflow/destinations/rudderstack"
 	"github.com/backflowhq/backflow/destinations/s3"
 	"github.com/backflowhq/backflow/destinations/segment"
 	"github.com/backflowhq/backflow/destinations/stdout"
@@ -14,7 +18,11 @@ import (
 // Registry returns a registry of every destination type.
 func Registry() *destinations.Registry {
 	r := destinations.NewRegistry()
+	r.Register(amplitude.Kind())
+	r.Register(braze.Kind())
 	r.Register(file.Kind())
+	r.Register(mixpanel.Kind())
+	r.Register(rudderstack.Kind())
 	r.Register(s3.Kind())
 	r.Register(segment.Kind())
 	r.Register(stdout.Kind())
