@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -60,6 +61,9 @@ const MaxBatchBytes = 1_000_012
 // checkTimeout bounds `backflow check`'s metadata request.
 const checkTimeout = 15 * time.Second
 
+// dialTimeout bounds Check's connection to one broker.
+const dialTimeout = 5 * time.Second
+
 // Kind is the kafka destination's kind: one Write of 1,000 records at a time. franz-go's
 // idempotent producer already keeps up to 5 produce requests in flight per broker, in
 // order, so a single Write spread over many partitions keeps every broker busy; a second
@@ -79,6 +83,7 @@ func Kind() destinations.Kind {
 type Kafka struct {
 	client  *kgo.Client
 	topic   string
+	seeds   []string
 	brokers string // for messages
 	key     string
 	sasl    SASL
@@ -168,6 +173,7 @@ func newKafka(cfg config.Destination, o *Options, env destinations.Env) (*Kafka,
 	return &Kafka{
 		client:  client,
 		topic:   o.Topic,
+		seeds:   o.Brokers,
 		brokers: strings.Join(o.Brokers, ","),
 		key:     o.Key,
 		sasl:    o.SASL,
@@ -384,6 +390,9 @@ func (d *Kafka) classify(ctx context.Context, err error, n int) error {
 		// Another Write's cancellation fails every record buffered for its partitions,
 		// ours too: they were not produced, and may be produced again.
 		return &destinations.RetryableError{Err: fmt.Errorf("%s: %w", what, err)}
+	case isCertificateError(err):
+		// A misconfiguration (tls, ca_file): retrying cannot fix it.
+		return fmt.Errorf("%s: verifying the certificate of brokers %s (see tls and ca_file): %w", what, d.brokers, err)
 	case errors.Is(err, kgo.ErrClientClosed):
 		return fmt.Errorf("%s: %w", what, destinations.ErrClosed)
 	}
@@ -403,6 +412,14 @@ func (d *Kafka) moreSevere(ctx context.Context, worst, recErr error, n int) erro
 		return e
 	}
 	return worst
+}
+
+func isCertificateError(err error) bool {
+	var verify *tls.CertificateVerificationError
+	var unknown x509.UnknownAuthorityError
+	var host x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	return errors.As(err, &verify) || errors.As(err, &unknown) || errors.As(err, &host) || errors.As(err, &invalid)
 }
 
 func isSASLFailure(err error) bool {
@@ -472,6 +489,9 @@ func (d *Kafka) Close(ctx context.Context) error {
 func (d *Kafka) Check(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
+	if err := d.dialAny(ctx); err != nil {
+		return err
+	}
 	req := kmsg.NewPtrMetadataRequest()
 	t := kmsg.NewMetadataRequestTopic()
 	t.Topic = kmsg.StringPtr(d.topic)
@@ -508,6 +528,24 @@ func (d *Kafka) Check(ctx context.Context) error {
 		return nil
 	}
 	return d.noTopic(kerr.UnknownTopicOrPartition)
+}
+
+// dialAny opens a TCP connection to the seed brokers until one answers: franz-go would
+// retry an unreachable broker until the deadline and say only that, where the dial's
+// own error (connection refused, no such host) tells what is wrong.
+func (d *Kafka) dialAny(ctx context.Context) error {
+	var errs []error
+	for _, b := range d.seeds {
+		dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+		conn, err := (&net.Dialer{}).DialContext(dctx, "tcp", b)
+		cancel()
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return fmt.Errorf("cannot connect to any of brokers %s: %w", d.brokers, errors.Join(errs...))
 }
 
 // kgoLogger passes franz-go's warnings and errors (a broker unreachable, a batch
