@@ -347,3 +347,48 @@ func TestClosed(t *testing.T) {
 		t.Errorf("Write after Close = %v", err)
 	}
 }
+
+// TestIdempotentRetries: a broker that appends a batch but answers
+// NOT_ENOUGH_REPLICAS_AFTER_APPEND (the write reached too few replicas) gets the same
+// batch again; the idempotent producer's sequence numbers make the broker keep one copy.
+func TestIdempotentRetries(t *testing.T) {
+	k := newCluster(t)
+	d := k.dest(t, k.options())
+	h := k.c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: testTopic, Err: kerr.NotEnoughReplicasAfterAppend, Count: 3})
+	msgs := destinationstest.Messages("idem", 100)
+	if err := d.Write(ctxT(t), msgs); err != nil {
+		t.Fatal(err)
+	}
+	d.Close(ctxT(t))
+	if h.Hits() != 3 {
+		t.Fatalf("%d produce requests answered NOT_ENOUGH_REPLICAS_AFTER_APPEND, want 3", h.Hits())
+	}
+	c := counts(k.records())
+	for _, m := range msgs {
+		if c[m.ID] != 1 {
+			t.Errorf("message %s received %d times, want 1", m.ID, c[m.ID])
+		}
+	}
+}
+
+// TestBrokers: partitions led by three brokers; every message arrives once.
+func TestBrokers(t *testing.T) {
+	k := newCluster(t, kfake.NumBrokers(3))
+	d := k.dest(t, k.options())
+	msgs := destinationstest.Messages("brokers", 300)
+	if err := d.Write(ctxT(t), msgs); err != nil {
+		t.Fatal(err)
+	}
+	d.Close(ctxT(t))
+	c := counts(k.records())
+	for _, m := range msgs {
+		if c[m.ID] != 1 {
+			t.Errorf("message %s received %d times, want 1", m.ID, c[m.ID])
+		}
+	}
+	leaders := map[int32]bool{}
+	for p := range int32(testPartitions) {
+		leaders[k.c.LeaderFor(testTopic, p)] = true
+	}
+	t.Logf("%d partitions led by %d brokers", testPartitions, len(leaders))
+}
