@@ -126,6 +126,7 @@ func newKafka(cfg config.Destination, o *Options, env destinations.Env) (*Kafka,
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	policy := destinations.NewPolicy(cfg.Retry)
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(o.Brokers...),
 		kgo.DefaultProduceTopic(o.Topic),
@@ -146,10 +147,18 @@ func newKafka(cfg config.Destination, o *Options, env destinations.Env) (*Kafka,
 		// a few times, then the Write fails with it and destinations.Wrap retries the
 		// Write with backoff, logging it.
 		kgo.RecordRetries(5),
-		// A topic that does not exist fails the Write after two metadata loads that do
-		// not find it, instead of waiting for the whole timeout.
-		kgo.UnknownTopicRetries(2),
-		kgo.MetadataMinAge(time.Second),
+		// franz-go's waits between its own tries follow the destination's retry
+		// settings, as Wrap's do: exponential backoff with full jitter from 100 ms,
+		// capped at retry.max_backoff.
+		kgo.RetryBackoffFn(func(tries int) time.Duration { return policy.Backoff(max(tries, 1), 0) }),
+		// A topic that does not exist fails the Write after four metadata loads that do
+		// not find it (about a second), instead of waiting for the whole timeout: long
+		// enough for a topic just created to reach every broker.
+		kgo.UnknownTopicRetries(4),
+		// Metadata is loaded again at most every 250 ms (franz-go's default is 5 s):
+		// a retry after a leader moved, or the look-up of a missing topic, waits no
+		// longer than that.
+		kgo.MetadataMinAge(250 * time.Millisecond),
 	}
 	// Topics are never created by backflow: kgo.AllowAutoTopicCreation is not set.
 	if o.SASL.enabled() {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -154,11 +155,20 @@ func TestOrderPerKey(t *testing.T) {
 // still gets every message exactly once.
 func TestBrokerFailsThenAccepts(t *testing.T) {
 	k := newCluster(t)
-	d := k.dest(t, k.options())
+	cfg := testConfig(k.options())
+	raw, err := New(context.Background(), cfg, destinations.Env{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	d := destinations.Wrap(raw, cfg, slog.New(slog.NewTextHandler(&log, nil)))
 	msgs := destinationstest.Messages("flaky", 200)
 	k.FailNext(8) // franz-go tries 1+5 times, then Wrap tries the Write again
 	if err := d.Write(ctxT(t), msgs); err != nil {
 		t.Fatalf("Write after 8 refused produce requests: %v", err)
+	}
+	if !strings.Contains(log.String(), "retrying a batch") || !strings.Contains(log.String(), "NOT_ENOUGH_REPLICAS") {
+		t.Errorf("the Write was not retried as a whole; log:\n%s", log.String())
 	}
 	d.Close(ctxT(t))
 	c := counts(k.records())
