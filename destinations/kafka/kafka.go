@@ -118,10 +118,6 @@ func newKafka(cfg config.Destination, o *Options, env destinations.Env) (*Kafka,
 		batch = DefaultBatchSize
 	}
 	inFlight := max(cfg.MaxInFlight, 1)
-	version := env.Version
-	if version == "" {
-		version = "dev"
-	}
 	logger := env.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -131,7 +127,7 @@ func newKafka(cfg config.Destination, o *Options, env destinations.Env) (*Kafka,
 		kgo.SeedBrokers(o.Brokers...),
 		kgo.DefaultProduceTopic(o.Topic),
 		kgo.ClientID("backflow"),
-		kgo.SoftwareNameAndVersion("backflow", strings.Map(softwareRune, version)),
+		kgo.SoftwareNameAndVersion("backflow", softwareVersion(env.Version)),
 		kgo.WithLogger(kgoLogger{logger.With("destination", cfg.Name, "topic", o.Topic)}),
 		// Acknowledged means written to every in-sync replica, which the idempotent
 		// producer (franz-go's default, kept) requires anyway.
@@ -189,7 +185,18 @@ func newKafka(cfg config.Destination, o *Options, env destinations.Env) (*Kafka,
 	}, nil
 }
 
-// softwareRune keeps what Kafka allows in a client software version ([a-zA-Z0-9.-]).
+// softwareVersion is backflow's version as Kafka accepts a client software version:
+// [a-zA-Z0-9.-], starting and ending with a letter or digit (KIP-511); brokers refuse
+// the connection's ApiVersions request otherwise.
+func softwareVersion(v string) string {
+	v = strings.Trim(strings.Map(softwareRune, v), ".-")
+	if v == "" {
+		return "dev"
+	}
+	return v
+}
+
+// softwareRune keeps what Kafka allows in a client software version, '-' for the rest.
 func softwareRune(r rune) rune {
 	if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' {
 		return r

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -401,4 +402,15 @@ func TestBrokers(t *testing.T) {
 		leaders[k.c.LeaderFor(testTopic, p)] = true
 	}
 	t.Logf("%d partitions led by %d brokers", testPartitions, len(leaders))
+}
+
+// TestSoftwareVersion: any backflow version becomes one Kafka accepts (KIP-511).
+func TestSoftwareVersion(t *testing.T) {
+	valid := regexp.MustCompile(`^[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?$`)
+	for v, want := range map[string]string{"": "dev", "v1.2.3+dirty": "v1.2.3-dirty", "(devel)": "devel", "1.0 beta/2": "1.0-beta-2", "-.": "dev"} {
+		got := softwareVersion(v)
+		if got != want || !valid.MatchString(got) {
+			t.Errorf("softwareVersion(%q) = %q, want %q", v, got, want)
+		}
+	}
 }
