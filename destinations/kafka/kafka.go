@@ -300,8 +300,14 @@ func (d *Kafka) produce(ctx context.Context, msgs []mapper.Message) ([]error, er
 	recs := make([]kgo.Record, len(msgs))
 	w := &pending{errs: make([]error, len(msgs)), recs: recs, done: make(chan struct{})}
 	w.left.Store(int64(len(msgs)))
+	// The keys, ids and headers of all records in three allocations, not four a record.
+	size := 0
 	for i := range msgs {
-		d.record(&recs[i], &msgs[i])
+		size += len(recordKey(d.key, &msgs[i])) + len(msgs[i].ID)
+	}
+	a := arena{bytes: make([]byte, 0, size), headers: make([]kgo.RecordHeader, 0, 2*len(msgs))}
+	for i := range msgs {
+		d.fill(&recs[i], &msgs[i], &a)
 	}
 	for i := range recs {
 		d.client.Produce(ctx, &recs[i], w.promise)
@@ -338,17 +344,47 @@ func (w *pending) promise(r *kgo.Record, err error) {
 	}
 }
 
-// record fills r from m: the value is m's JSON as encoded, shared (franz-go only reads it).
-func (d *Kafka) record(r *kgo.Record, m *mapper.Message) {
+// arena holds the bytes and headers of one Write's records.
+type arena struct {
+	bytes   []byte
+	headers []kgo.RecordHeader
+}
+
+// take copies s into the arena, sized beforehand so that appending never reallocates
+// (earlier records would keep the old array alive beside the new one).
+func (a *arena) take(s string) []byte {
+	start := len(a.bytes)
+	a.bytes = append(a.bytes, s...)
+	return a.bytes[start:len(a.bytes):len(a.bytes)]
+}
+
+// typeValues are the type header's values, shared by every record: franz-go only reads
+// them.
+var typeValues = map[string][]byte{"identify": []byte("identify"), "track": []byte("track"), "group": []byte("group")}
+
+// fill fills r from m, its key, id and headers in a: the value is m's JSON as encoded,
+// shared (franz-go only reads it).
+func (d *Kafka) fill(r *kgo.Record, m *mapper.Message, a *arena) {
 	r.Topic = d.topic
 	r.Value = m.JSON
 	if k := recordKey(d.key, m); k != "" {
-		r.Key = []byte(k)
+		r.Key = a.take(k)
 	}
-	r.Headers = []kgo.RecordHeader{
-		{Key: "messageId", Value: []byte(m.ID)},
-		{Key: "type", Value: []byte(m.Type)},
+	typ, ok := typeValues[m.Type]
+	if !ok {
+		typ = []byte(m.Type)
 	}
+	start := len(a.headers)
+	a.headers = append(a.headers,
+		kgo.RecordHeader{Key: "messageId", Value: a.take(m.ID)},
+		kgo.RecordHeader{Key: "type", Value: typ})
+	r.Headers = a.headers[start:len(a.headers):len(a.headers)]
+}
+
+// record fills r from m on its own.
+func (d *Kafka) record(r *kgo.Record, m *mapper.Message) {
+	k := recordKey(d.key, m)
+	d.fill(r, m, &arena{bytes: make([]byte, 0, len(k)+len(m.ID)), headers: make([]kgo.RecordHeader, 0, 2)})
 }
 
 // recordKey is the configured field of m, else its userId, else its anonymousId.
