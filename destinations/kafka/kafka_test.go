@@ -6,7 +6,9 @@ import (
 	"errors"
 	"log/slog"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -443,5 +445,67 @@ func TestReplay(t *testing.T) {
 		if len(p) != 2 || p[0] != p[1] {
 			t.Errorf("message %s replayed as %+v, want the same record twice", m.ID, p)
 		}
+	}
+}
+
+// TestConcurrentRefusals: Writes in flight together share partition batches, so a
+// refused record fails other Writes' records too; each Write still rejects exactly its
+// own refused messages, and every other message arrives once.
+func TestConcurrentRefusals(t *testing.T) {
+	k := newCluster(t)
+	cfg := testConfig(k.options())
+	cfg.MaxInFlight = 4
+	raw, err := New(context.Background(), cfg, destinations.Env{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := destinations.Wrap(raw, cfg, nil)
+	const writers, per = 4, 80
+	batches := make([][]mapper.Message, writers)
+	poison := map[string]bool{}
+	for w := range writers {
+		batches[w] = destinationstest.Messages("conc"+string(rune('a'+w)), per)
+		for i := w; i < per; i += 23 {
+			poison[batches[w][i].ID] = true
+			k.RefuseUsers(batches[w][i].UserID)
+		}
+	}
+	errs := make([]error, writers)
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() { errs[w] = d.Write(ctxT(t), batches[w]) })
+	}
+	wg.Wait()
+	d.Close(ctxT(t))
+	c := counts(k.records())
+	for w, err := range errs {
+		var want []int
+		for i, m := range batches[w] {
+			if poison[m.ID] {
+				want = append(want, i)
+			}
+		}
+		var be *destinations.BatchError
+		if !errors.As(err, &be) {
+			t.Errorf("Write %d = %v, want a *BatchError", w, err)
+			continue
+		}
+		var got []int
+		for _, f := range be.Failed {
+			got = append(got, f.Index)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("Write %d refused %v, want %v", w, got, want)
+		}
+		for _, m := range batches[w] {
+			if want := map[bool]int{true: 0, false: 1}[poison[m.ID]]; c[m.ID] != want {
+				t.Errorf("message %s received %d times, want %d", m.ID, c[m.ID], want)
+			}
+		}
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.refusedN == 0 {
+		t.Error("the broker refused no batch")
 	}
 }
