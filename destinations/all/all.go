@@ -7,6 +7,7 @@ import (
 	"github.com/backflowhq/backflow/destinations/amplitude"
 	"github.com/backflowhq/backflow/destinations/braze"
 	"github.com/backflowhq/backflow/destinations/file"
+	"github.com/backflowhq/backflow/destinations/kafka"
 	"github.com/backflowhq/backflow/destinations/mixpanel"
 	"github.com/backflowhq/backflow/destinations/rudderstack"
 	"github.com/backflowhq/backflow/destinations/s3"
@@ -21,6 +22,7 @@ func Registry() *destinations.Registry {
 	r.Register(amplitude.Kind())
 	r.Register(braze.Kind())
 	r.Register(file.Kind())
+	r.Register(kafka.Kind())
 	r.Register(mixpanel.Kind())
 	r.Register(rudderstack.Kind())
 	r.Register(s3.Kind())
