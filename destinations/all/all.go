@@ -5,6 +5,7 @@ package all
 import (
 	"github.com/backflowhq/backflow/destinations"
 	"github.com/backflowhq/backflow/destinations/file"
+	"github.com/backflowhq/backflow/destinations/postgres"
 	"github.com/backflowhq/backflow/destinations/s3"
 	"github.com/backflowhq/backflow/destinations/segment"
 	"github.com/backflowhq/backflow/destinations/stdout"
@@ -15,6 +16,7 @@ import (
 func Registry() *destinations.Registry {
 	r := destinations.NewRegistry()
 	r.Register(file.Kind())
+	r.Register(postgres.Kind())
 	r.Register(s3.Kind())
 	r.Register(segment.Kind())
 	r.Register(stdout.Kind())
