@@ -52,7 +52,9 @@ func (e *env) cfg(table, layout string) config.Destination {
 	}
 }
 
-func testEnv() destinations.Env { return destinations.Env{Sync: "users", RunID: "run1", Version: "test"} }
+func testEnv() destinations.Env {
+	return destinations.Env{Sync: "users", RunID: "run1", Version: "test"}
+}
 
 // open builds and wraps the destination of cfg, closed when the test ends.
 func open(t *testing.T, cfg config.Destination) destinations.Destination {
