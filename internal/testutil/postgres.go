@@ -167,7 +167,7 @@ func LaunchPostgres() (*Postgres, error) {
 		}
 		p := &Postgres{Host: "127.0.0.1", Port: port, cmd: cmd, dir: dir, logs: logs, exited: make(chan struct{})}
 		go func() { _ = cmd.Wait(); close(p.exited) }()
-		if err := waitTCP(p.addr(), 60*time.Second, p.exited); err != nil {
+		if err := waitReadyPG(bin, p, 60*time.Second); err != nil {
 			_ = cmd.Process.Kill()
 			<-p.exited
 			lastErr = fmt.Errorf("postgres did not start: %v; output: %s", err, strings.TrimSpace(logs.String()))
@@ -181,23 +181,23 @@ func LaunchPostgres() (*Postgres, error) {
 
 func (p *Postgres) addr() string { return net.JoinHostPort(p.Host, strconv.Itoa(p.Port)) }
 
-// waitTCP waits until addr accepts connections (the postmaster listens once it can
-// serve), or the process exited, or timeout passed.
-func waitTCP(addr string, timeout time.Duration, exited <-chan struct{}) error {
+// waitReadyPG waits until the server accepts connections (pg_isready: the postmaster
+// listens before it has finished starting up, and refuses logins until then), or the
+// process exited, or timeout passed.
+func waitReadyPG(bin string, p *Postgres, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
+		out, err := exec.Command(filepath.Join(bin, "pg_isready"), "-h", p.Host, "-p", strconv.Itoa(p.Port), "-t", "2").CombinedOutput()
 		if err == nil {
-			c.Close()
 			return nil
 		}
 		select {
-		case <-exited:
+		case <-p.exited:
 			return fmt.Errorf("the server exited")
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return err
+			return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
 		}
 	}
 }
