@@ -61,7 +61,7 @@ type field struct {
 func flatten(body []byte, out []field) ([]field, error) {
 	p := parser{b: body}
 	p.ws()
-	out, err := p.object("", out)
+	out, err := p.object("", true, out)
 	if err != nil {
 		return out, err
 	}
@@ -90,8 +90,9 @@ func (p *parser) ws() {
 	}
 }
 
-// object reads an object at p.i whose keys are below prefix.
-func (p *parser) object(prefix string, out []field) ([]field, error) {
+// object reads an object at p.i whose keys are below prefix (top: the body itself, whose
+// keys have no prefix; a nested object's prefix may be "", a key that is empty).
+func (p *parser) object(prefix string, top bool, out []field) ([]field, error) {
 	if p.i >= len(p.b) || p.b[p.i] != '{' {
 		return out, fmt.Errorf("expected an object at byte %d", p.i)
 	}
@@ -100,7 +101,7 @@ func (p *parser) object(prefix string, out []field) ([]field, error) {
 	p.ws()
 	if p.i < len(p.b) && p.b[p.i] == '}' {
 		p.i++
-		if prefix != "" {
+		if !top {
 			// An empty nested object has no leaf: keep it whole, or it would vanish.
 			out = append(out, field{col: prefix, kind: kindJSON, text: p.b[start:p.i]})
 		}
@@ -113,7 +114,7 @@ func (p *parser) object(prefix string, out []field) ([]field, error) {
 			return out, err
 		}
 		key := string(k)
-		if prefix != "" {
+		if !top {
 			key = prefix + "." + key
 		}
 		p.ws()
@@ -127,7 +128,7 @@ func (p *parser) object(prefix string, out []field) ([]field, error) {
 		}
 		switch c := p.b[p.i]; {
 		case c == '{':
-			if out, err = p.object(key, out); err != nil {
+			if out, err = p.object(key, false, out); err != nil {
 				return out, err
 			}
 		case c == '[':
