@@ -2,7 +2,9 @@ package postgres
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -73,6 +75,14 @@ type row struct {
 
 func (r *row) track() bool { return r.msg.Type == "track" }
 
+// rowID is what identifies the table row: the messageId of a track row, else the key.
+func (r *row) rowID() string {
+	if r.track() {
+		return r.msg.ID
+	}
+	return r.key
+}
+
 // prepare turns msgs into rows: it refuses the messages that cannot be rows, and keeps
 // only the last message of each row (ON CONFLICT cannot touch a row twice in one
 // statement; the earlier messages would be overwritten by the last one anyway).
@@ -105,6 +115,11 @@ func (d *Destination) prepare(msgs []mapper.Message) (*batch, []destinations.Fai
 		rows = append(rows, r)
 	}
 	rows = lastOfEachRow(rows)
+	// In a fixed order, so that concurrent batches touching the same rows lock them in
+	// the same order and cannot deadlock (the INSERT follows the COPY's order).
+	slices.SortFunc(rows, func(a, b row) int {
+		return cmp.Or(cmp.Compare(a.msg.Type, b.msg.Type), cmp.Compare(a.rowID(), b.rowID()))
+	})
 	b := &batch{rows: rows, kinds: map[string]kind{}}
 	for _, c := range fixedCols[:copiedFixed] {
 		b.cols = append(b.cols, c.name)

@@ -34,6 +34,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -134,6 +135,9 @@ func Kind() destinations.Kind {
 		New:  New,
 	}
 }
+
+// rollbackTimeout bounds the rollback of a failed batch.
+const rollbackTimeout = 5 * time.Second
 
 // Destination writes messages as rows of one table.
 type Destination struct {
@@ -282,7 +286,13 @@ func (d *Destination) commit(ctx context.Context, conn *pgxpool.Conn, b *batch, 
 	if err != nil {
 		return d.classify(ctx, "beginning a transaction", err)
 	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }() // a no-op after Commit
+	defer func() {
+		// A no-op after Commit. Bounded: a server that stopped answering must not hold
+		// the Write (the pool drops the connection when the rollback fails).
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+		defer cancel()
+		_ = tx.Rollback(rctx)
+	}()
 	// Acknowledged means durable: whatever the server's or the role's default.
 	stmts := []string{"SET LOCAL synchronous_commit = on", b.createTemp(cols)}
 	for _, s := range stmts {
