@@ -212,3 +212,33 @@ func TestConcurrentWidening(t *testing.T) {
 		t.Errorf("%d trait columns c…, want 8", n)
 	}
 }
+
+// TestKeyOption: key groupId makes group rows one per groupId; a message without the
+// key, a trait named like one of backflow's columns and one too long for a column name
+// are refused alone, with a reason that says what to do.
+func TestKeyOption(t *testing.T) {
+	e := newEnv(t)
+	cfg := e.cfg("groups", LayoutColumns)
+	cfg.Options.(*Options).Key = KeyGroupID
+	d := open(t, cfg)
+	g1 := destinationstest.NewMessage("group", "g1", "u1", `{"name":"Acme"}`, "") // groupId g-u1
+	g2 := destinationstest.NewMessage("group", "g2", "u2", `{"name":"Beta"}`, "")
+	g1again := destinationstest.NewMessage("group", "g3", "u1", `{"name":"Acme Inc"}`, "")
+	noKey := identify("i1", "u1", `{"a":1}`) // an identify has no groupId
+	reserved := destinationstest.NewMessage("group", "g4", "u4", `{"timestamp":"x"}`, "")
+	long := destinationstest.NewMessage("group", "g5", "u5", `{"`+strings.Repeat("n", 64)+`":1}`, "")
+	err := write(t, d, []mapper.Message{g1, g2, noKey, reserved, g1again, long})
+	var be *destinations.BatchError
+	if !errors.As(err, &be) || len(be.Failed) != 3 || be.Failed[0].Index != 2 || be.Failed[1].Index != 3 || be.Failed[2].Index != 5 {
+		t.Fatalf("Write = %v, want messages 2, 3 and 5 refused", err)
+	}
+	for i, want := range []string{"has no groupId", "rename it in the mapping", "at most 63"} {
+		if !strings.Contains(be.Failed[i].Err.Error(), want) {
+			t.Errorf("refusal %d: %v, want it to say %q", i, be.Failed[i].Err, want)
+		}
+	}
+	rows := e.rows(t, "groups")
+	if len(rows) != 2 || rows[0]["key"] != "g-u1" || rows[0]["name"] != "Acme Inc" || rows[0]["group_id"] != "g-u1" || rows[1]["key"] != "g-u2" {
+		t.Errorf("rows %v", rows)
+	}
+}
