@@ -338,8 +338,12 @@ func (d *Destination) moveSQL(b *batch) (upsert, insert string) {
 		}
 	}
 	set.WriteString(`"updated_at" = EXCLUDED."updated_at"`)
-	into := fmt.Sprintf(`INSERT INTO %s (%s, "updated_at") SELECT %s, now() FROM pg_temp.%s`, d.ident, list.String(), list.String(), tempTable)
-	upsert = into + ` WHERE "type" <> 'track' ON CONFLICT ("type", "key") WHERE "type" <> 'track' DO UPDATE SET ` + set.String()
+	into := fmt.Sprintf(`INSERT INTO %s AS t (%s, "updated_at") SELECT %s, now() FROM pg_temp.%s`, d.ident, list.String(), list.String(), tempTable)
+	// A row that already holds this very message (a replay, or a full sync of unchanged
+	// rows: the messageId is a hash of the mapped content) is left as it is, instead of
+	// being rewritten as a new row version for nothing.
+	upsert = into + ` WHERE "type" <> 'track' ON CONFLICT ("type", "key") WHERE "type" <> 'track' DO UPDATE SET ` + set.String() +
+		` WHERE t."message_id" IS DISTINCT FROM EXCLUDED."message_id"`
 	insert = into + ` WHERE "type" = 'track' ON CONFLICT ("message_id") WHERE "type" = 'track' DO NOTHING`
 	return upsert, insert
 }
