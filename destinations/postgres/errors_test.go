@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
 	"github.com/backflowhq/backflow/destinations/destinationstest"
 	"github.com/backflowhq/backflow/mapper"
@@ -300,5 +301,16 @@ func TestCloseWaitsAndRefuses(t *testing.T) {
 	}
 	if err := d.Write(context.Background(), destinationstest.Messages("after", 1)); !errors.Is(err, destinations.ErrClosed) {
 		t.Errorf("Write after Close = %v, want ErrClosed", err)
+	}
+}
+
+// TestNewRefusesBadURL: a URL pgx cannot use is refused by New without showing it whole.
+func TestNewRefusesBadURL(t *testing.T) {
+	for _, u := range []string{"postgres://u:hunter2@h/db?sslmode=sometimes", "mysql://u:hunter2@h/db", "postgres://u:hunter2@/db"} {
+		cfg := config.Destination{Type: Type, Options: &Options{URL: u, Table: "t"}}
+		_, err := New(context.Background(), cfg, testEnv())
+		if err == nil || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("New(%s) = %v, want an error without the password", u, err)
+		}
 	}
 }

@@ -118,7 +118,7 @@ func checkURL(raw string) error {
 	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
 		return errors.New("must be a postgres:// URL: postgres://user:password@host:5432/db?sslmode=require")
 	}
-	if u.Host == "" {
+	if u.Host == "" && u.Query().Get("host") == "" { // ?host=/run/postgresql: a Unix socket
 		return errors.New("has no host: postgres://user:password@host:5432/db?sslmode=require")
 	}
 	return nil
