@@ -75,6 +75,27 @@ type row struct {
 
 func (r *row) track() bool { return r.msg.Type == "track" }
 
+// sortRows orders rows by type and rowID. It sorts positions, not the rows themselves:
+// moving rows (which hold pointers) costs a write barrier at every swap.
+func sortRows(rows []row) []row {
+	cmpRows := func(a, b *row) int {
+		return cmp.Or(cmp.Compare(a.msg.Type, b.msg.Type), cmp.Compare(a.rowID(), b.rowID()))
+	}
+	if slices.IsSortedFunc(rows, func(a, b row) int { return cmpRows(&a, &b) }) {
+		return rows
+	}
+	order := make([]int32, len(rows))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortFunc(order, func(a, b int32) int { return cmpRows(&rows[a], &rows[b]) })
+	out := make([]row, len(rows))
+	for i, j := range order {
+		out[i] = rows[j]
+	}
+	return out
+}
+
 // rowID is what identifies the table row: the messageId of a track row, else the key.
 func (r *row) rowID() string {
 	if r.track() {
@@ -92,6 +113,7 @@ func (d *Destination) prepare(msgs []mapper.Message) (*batch, []destinations.Fai
 		failed = append(failed, destinations.Failure{Index: i, Err: &destinations.PermanentError{Err: err}})
 	}
 	rows := make([]row, 0, len(msgs))
+	names := map[string]string{}
 	for i := range msgs {
 		m := &msgs[i]
 		r := row{index: i, msg: m, key: d.keyOf(m)}
@@ -106,7 +128,7 @@ func (d *Destination) prepare(msgs []mapper.Message) (*batch, []destinations.Fai
 			refuse(i, fmt.Errorf("message type %q is not identify, track or group", m.Type))
 			continue
 		}
-		fields, err := d.fields(m)
+		fields, err := d.fields(m, names)
 		if err != nil {
 			refuse(i, err)
 			continue
@@ -117,9 +139,7 @@ func (d *Destination) prepare(msgs []mapper.Message) (*batch, []destinations.Fai
 	rows = lastOfEachRow(rows)
 	// In a fixed order, so that concurrent batches touching the same rows lock them in
 	// the same order and cannot deadlock (the INSERT follows the COPY's order).
-	slices.SortFunc(rows, func(a, b row) int {
-		return cmp.Or(cmp.Compare(a.msg.Type, b.msg.Type), cmp.Compare(a.rowID(), b.rowID()))
-	})
+	rows = sortRows(rows)
 	b := &batch{rows: rows, kinds: map[string]kind{}}
 	for _, c := range fixedCols[:copiedFixed] {
 		b.cols = append(b.cols, c.name)
@@ -197,7 +217,7 @@ func (d *Destination) keyOf(m *mapper.Message) string {
 
 // fields returns the body columns of m: one per leaf (layout columns), or the whole
 // body in traits or properties (layout jsonb).
-func (d *Destination) fields(m *mapper.Message) ([]field, error) {
+func (d *Destination) fields(m *mapper.Message, names map[string]string) ([]field, error) {
 	what := "trait"
 	if m.Type == "track" {
 		what = "property"
@@ -216,7 +236,7 @@ func (d *Destination) fields(m *mapper.Message) ([]field, error) {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil, nil
 	}
-	fields, err := flatten(body, make([]field, 0, 16))
+	fields, err := flatten(body, make([]field, 0, 16), names)
 	if err != nil {
 		return nil, fmt.Errorf("the message's %s object cannot be read: %w", what, err)
 	}
@@ -393,7 +413,14 @@ func appendText(buf []byte, v string) []byte {
 // appendCopy appends v escaped for COPY's text format: backslash, and the tab, newline
 // and carriage return that would end a field or a row.
 func appendCopy(buf, v []byte) []byte {
-	if bytes.IndexAny(v, "\\\t\n\r") < 0 {
+	plain := true
+	for _, c := range v {
+		if c == '\\' || c == '\t' || c == '\n' || c == '\r' {
+			plain = false
+			break
+		}
+	}
+	if plain {
 		return append(buf, v...)
 	}
 	for _, c := range v {

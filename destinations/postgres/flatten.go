@@ -58,8 +58,11 @@ type field struct {
 // keys are joined with dots (address.city); arrays and empty objects are kept as JSON.
 // body is the mapper's output, valid JSON, but flatten checks what it reads so that
 // anything else gives an error, never a panic or a wrong column.
-func flatten(body []byte, out []field) ([]field, error) {
-	p := parser{b: body}
+//
+// names, when not nil, interns column names across calls (a batch's messages share their
+// keys): a name seen before costs no allocation.
+func flatten(body []byte, out []field, names map[string]string) ([]field, error) {
+	p := parser{b: body, names: names}
 	p.ws()
 	out, err := p.object("", true, out)
 	if err != nil {
@@ -73,8 +76,28 @@ func flatten(body []byte, out []field) ([]field, error) {
 }
 
 type parser struct {
-	b []byte
-	i int
+	b       []byte
+	i       int
+	names   map[string]string
+	scratch []byte
+}
+
+// name returns prefix.k (k alone at the top), interned in p.names.
+func (p *parser) name(prefix string, top bool, k []byte) string {
+	p.scratch = p.scratch[:0]
+	if !top {
+		p.scratch = append(append(p.scratch, prefix...), '.')
+	}
+	p.scratch = append(p.scratch, k...)
+	if p.names == nil {
+		return string(p.scratch)
+	}
+	if n, ok := p.names[string(p.scratch)]; ok { // no allocation for the lookup
+		return n
+	}
+	n := string(p.scratch)
+	p.names[n] = n
+	return n
 }
 
 var errEnd = errors.New("unexpected end of JSON")
@@ -113,10 +136,7 @@ func (p *parser) object(prefix string, top bool, out []field) ([]field, error) {
 		if err != nil {
 			return out, err
 		}
-		key := string(k)
-		if !top {
-			key = prefix + "." + key
-		}
+		key := p.name(prefix, top, k)
 		p.ws()
 		if p.i >= len(p.b) || p.b[p.i] != ':' {
 			return out, fmt.Errorf("expected ':' at byte %d", p.i)

@@ -89,7 +89,7 @@ func FuzzFlatten(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		fields, err := flatten(body, nil)
+		fields, err := flatten(body, nil, map[string]string{})
 		if !json.Valid(body) || !utf8.Valid(body) {
 			return
 		}
