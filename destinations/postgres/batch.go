@@ -240,12 +240,23 @@ func (d *Destination) fields(m *mapper.Message, names map[string]string) ([]fiel
 	if err != nil {
 		return nil, fmt.Errorf("the message's %s object cannot be read: %w", what, err)
 	}
-	for _, f := range fields {
+	for i := range fields {
+		f := &fields[i]
+		if isFixed(f.col) {
+			// A warehouse table's own updated_at, type or timestamp column is common: it
+			// goes into traits.updated_at (properties.… for track), as if nested under
+			// the body's name, rather than into backflow's column or nowhere.
+			n := bodyName(m.Type) + "." + f.col
+			if interned, ok := names[n]; ok {
+				n = interned
+			} else {
+				names[n] = n
+			}
+			f.col = n
+		}
 		switch {
 		case f.col == "":
 			return nil, fmt.Errorf("a %s has an empty name: it cannot be a column", what)
-		case isFixed(f.col):
-			return nil, fmt.Errorf("%s %q has the name of one of backflow's own columns (%s): rename it in the mapping", what, f.col, fixedNames())
 		case len(f.col) > maxIdentBytes:
 			return nil, fmt.Errorf("%s %q is %d bytes long: PostgreSQL column names hold at most %d (rename it in the mapping)", what, f.col, len(f.col), maxIdentBytes)
 		case !utf8.ValidString(f.col) || strings.ContainsRune(f.col, 0):
@@ -255,12 +266,12 @@ func (d *Destination) fields(m *mapper.Message, names map[string]string) ([]fiel
 	return lastOfEachField(fields), nil
 }
 
-func fixedNames() string {
-	names := make([]string, len(fixedCols))
-	for i, c := range fixedCols {
-		names[i] = c.name
+// bodyName is what the message calls its body: traits, or properties for track.
+func bodyName(typ string) string {
+	if typ == "track" {
+		return colProperties
 	}
-	return strings.Join(names, ", ")
+	return colTraits
 }
 
 // lastOfEachField keeps the last value of each column: {"a.b":1,"a":{"b":2}} is one
