@@ -137,9 +137,6 @@ func (d *Destination) prepare(msgs []mapper.Message) (*batch, []destinations.Fai
 		rows = append(rows, r)
 	}
 	rows = lastOfEachRow(rows)
-	// In a fixed order, so that concurrent batches touching the same rows lock them in
-	// the same order and cannot deadlock (the INSERT follows the COPY's order).
-	rows = sortRows(rows)
 	b := &batch{rows: rows, kinds: map[string]kind{}}
 	for _, c := range fixedCols[:copiedFixed] {
 		b.cols = append(b.cols, c.name)
@@ -155,6 +152,11 @@ func (d *Destination) prepare(msgs []mapper.Message) (*batch, []destinations.Fai
 			}
 		}
 	}
+	// In a fixed order, so that concurrent batches touching the same rows lock them in
+	// the same order and cannot deadlock (the INSERT follows the COPY's order). After
+	// the columns were collected: a new column takes the type of its first value in
+	// message order.
+	b.rows = sortRows(b.rows)
 	b.count()
 	return b, failed
 }

@@ -178,6 +178,13 @@ func TestWidening(t *testing.T) {
 	if n := e.count(t, "users WHERE key = 'u4'"); n != 1 {
 		t.Errorf("the message without conflict was not written (%d rows)", n)
 	}
+
+	// A new column takes the type of its first value in message order (here the later
+	// key); a later value of another type in the same batch is refused.
+	err = write(t, d, []mapper.Message{identify("m5", "zz", `{"score":1.5}`), identify("m6", "aa", `{"score":"high"}`)})
+	if !errors.As(err, &be) || len(be.Failed) != 1 || be.Failed[0].Index != 1 || !strings.Contains(be.Failed[0].Err.Error(), "is numeric") {
+		t.Fatalf("Write with a type conflict inside the batch = %v, want message 1 refused", err)
+	}
 }
 
 // TestConcurrentWidening: batches in flight at once, each bringing new columns (some the
