@@ -47,8 +47,9 @@ const lockTimeout = "10s"
 
 // ensure makes the table ready for b: it creates the table and its unique indexes when
 // absent, and adds the columns b needs that it lacks (ADD COLUMN IF NOT EXISTS, under an
-// advisory lock, in a transaction of its own, so that no batch's transaction ever holds
-// the lock ALTER TABLE waits for). Concurrent batches, in this process or others, may
+// advisory lock, in a transaction of its own: ALTER TABLE waits for the transactions of
+// the batches in flight, and must not itself hold a lock one of them waits for, or they
+// would deadlock). Concurrent batches, in this process or others, may
 // widen at once: each reads the columns again after its ALTER, and a column another one
 // created with another type is a conflict for the messages that do not fit it.
 func (d *Destination) ensure(ctx context.Context, conn *pgxpool.Conn, b *batch) error {
