@@ -251,3 +251,22 @@ func TestKeyOption(t *testing.T) {
 		t.Errorf("the message with a trait named timestamp: %v", rows[2])
 	}
 }
+
+// TestQuotedNames: schema, table and column names that need quoting (quotes, dots,
+// spaces, capitals, SQL) are always quoted: no name is ever read as SQL.
+func TestQuotedNames(t *testing.T) {
+	e := newEnv(t)
+	e.exec(t, `CREATE SCHEMA "Odd ""Schema"""`)
+	d := open(t, e.cfg(`"Odd ""Schema"""."my.Table; DROP TABLE x"`, LayoutColumns))
+	mustWrite(t, d, []mapper.Message{identify("m1", "u1", `{"a \"b\"":1,"x'); DROP TABLE y; --":"v","Upper Case":true}`)})
+	d2 := open(t, e.cfg(`"Odd ""Schema"""."my.Table; DROP TABLE x"`, LayoutColumns)) // reads the columns back
+	mustWrite(t, d2, []mapper.Message{identify("m2", "u1", `{"a \"b\"":2}`)})
+	rows := e.rows(t, `"Odd ""Schema"""."my.Table; DROP TABLE x"`)
+	// Columns the second batch does not carry keep their values.
+	if len(rows) != 1 || fmt.Sprint(rows[0][`a "b"`]) != "2" || rows[0]["x'); DROP TABLE y; --"] != "v" || rows[0]["Upper Case"] != true {
+		t.Errorf("rows %v", rows)
+	}
+	if err := d2.(destinations.Checker).Check(context.Background()); err != nil {
+		t.Errorf("check: %v", err)
+	}
+}
