@@ -108,11 +108,16 @@ func LaunchPostgres() (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "backflow-pg-")
+	root := os.Geteuid() == 0
+	base := ""
+	if fi, err := os.Stat("/tmp"); root && err == nil && fi.Mode().Perm()&0o001 != 0 {
+		// nobody must reach the folder: TMPDIR may be under root's 0700 home, /tmp is not.
+		base = "/tmp"
+	}
+	dir, err := os.MkdirTemp(base, "backflow-pg-")
 	if err != nil {
 		return nil, err
 	}
-	root := os.Geteuid() == 0
 	// nobody must reach the folder: MkdirTemp makes it 0700, and TMPDIR is usually 1777.
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return nil, err
