@@ -38,5 +38,6 @@ func runMain(m *testing.M) int {
 	}
 	code := m.Run()
 	testutil.StopMinIO()
+	testutil.StopPostgres()
 	return code
 }

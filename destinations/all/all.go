@@ -9,6 +9,7 @@ import (
 	"github.com/backflowhq/backflow/destinations/file"
 	"github.com/backflowhq/backflow/destinations/kafka"
 	"github.com/backflowhq/backflow/destinations/mixpanel"
+	"github.com/backflowhq/backflow/destinations/postgres"
 	"github.com/backflowhq/backflow/destinations/rudderstack"
 	"github.com/backflowhq/backflow/destinations/s3"
 	"github.com/backflowhq/backflow/destinations/segment"
@@ -24,6 +25,7 @@ func Registry() *destinations.Registry {
 	r.Register(file.Kind())
 	r.Register(kafka.Kind())
 	r.Register(mixpanel.Kind())
+	r.Register(postgres.Kind())
 	r.Register(rudderstack.Kind())
 	r.Register(s3.Kind())
 	r.Register(segment.Kind())

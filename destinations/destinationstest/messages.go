@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math/big"
 	"reflect"
 	"strconv"
 	"strings"
@@ -125,6 +126,61 @@ func CheckSame(t testing.TB, sent mapper.Message, got []byte) {
 			t.Errorf("message %s: timestamp %q, want %q", sent.ID, s, ts)
 		}
 	}
+}
+
+// CheckSameValues is CheckSame with numbers compared by value (1.5e-7 equals
+// 0.00000015, 12.30 equals 12.3), for receivers that store numbers as values.
+func CheckSameValues(t testing.TB, sent mapper.Message, got []byte) {
+	t.Helper()
+	CheckSame(t, sent, canonicalNumbers(t, got, sent.JSON))
+}
+
+// canonicalNumbers returns got with every number that equals the number at the same
+// place in want written as it is in want, so that CheckSame's comparison by text
+// becomes one by value; numbers that differ in value are left as they are.
+func canonicalNumbers(t testing.TB, got, want []byte) []byte {
+	t.Helper()
+	g, w := decode(t, got), decode(t, want)
+	b, err := json.Marshal(sameNumbers(g, w))
+	if err != nil {
+		t.Fatalf("encoding %v: %v", g, err)
+	}
+	return b
+}
+
+func sameNumbers(got, want any) any {
+	switch g := got.(type) {
+	case json.Number:
+		w, ok := want.(json.Number)
+		if !ok {
+			return g
+		}
+		gr, ok1 := new(big.Rat).SetString(g.String())
+		wr, ok2 := new(big.Rat).SetString(w.String())
+		if ok1 && ok2 && gr.Cmp(wr) == 0 {
+			return w
+		}
+		return g
+	case map[string]any:
+		w, _ := want.(map[string]any)
+		out := make(map[string]any, len(g))
+		for k, v := range g {
+			out[k] = sameNumbers(v, w[k])
+		}
+		return out
+	case []any:
+		w, _ := want.([]any)
+		out := make([]any, len(g))
+		for i, v := range g {
+			var wv any
+			if i < len(w) {
+				wv = w[i]
+			}
+			out[i] = sameNumbers(v, wv)
+		}
+		return out
+	}
+	return got
 }
 
 func decode(t testing.TB, b []byte) map[string]any {

@@ -32,6 +32,15 @@ type Capabilities struct {
 	Refuse bool // RefuseUsers
 	Fail   bool // FailNext
 	Stall  bool // Stall
+
+	// Idempotent: the receiver keeps one copy of a message delivered twice (a table
+	// that upserts by key and ignores a known messageId), so DuplicateIDs wants a
+	// message written twice read back once — and still both Writes acknowledged.
+	Idempotent bool
+	// NumbersByValue: the receiver keeps numbers as values, not as the text they were
+	// sent as (PostgreSQL's numeric reads 1.5e-7 back as 0.00000015, though 12.30 stays
+	// 12.30), so Deliver compares numbers by value (CheckSameValues).
+	NumbersByValue bool
 }
 
 // NoFaults is embedded by receivers that cannot inject faults (a file, a writer).

@@ -7,7 +7,12 @@ import (
 	"github.com/backflowhq/backflow/internal/testutil"
 )
 
-func TestMain(m *testing.M) { code := m.Run(); testutil.StopMinIO(); os.Exit(code) }
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testutil.StopMinIO()
+	testutil.StopPostgres()
+	os.Exit(code)
+}
 
 func TestMinIOStarts(t *testing.T) {
 	m := testutil.StartMinIO(t)
