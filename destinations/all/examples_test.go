@@ -31,10 +31,10 @@ func TestExamples(t *testing.T) {
 		}
 		env := func(name string) (string, bool) {
 			switch {
-			case strings.HasSuffix(name, "_URL"):
-				return "https://" + strings.ToLower(name) + ".example.com", vars[name]
 			case name == "DATABASE_URL":
 				return "postgres://backflow:secret@db.example.com:5432/crm", vars[name]
+			case strings.HasSuffix(name, "_URL"):
+				return "https://" + strings.ToLower(name) + ".example.com", vars[name]
 			case strings.HasSuffix(name, "_BROKERS"):
 				return "kafka-1.example.com:9092", vars[name]
 			}
