@@ -45,7 +45,7 @@ type rowGroupJob struct {
 }
 
 // read reads the planned files until done, stopped or failed. Decoding and mapping are
-// apart: up to Workers decoders each read a row group into record batches, and Workers
+// apart: decoders (decoderCount) each read a row group into record batches, and Workers
 // mappers map and dispatch the batches, whichever row group they come from. How many
 // row groups are decoded at once is bounded by bytes as well (ReadBytes, against each row
 // group's estimated reading memory): a decoder's buffers, pages and dictionaries are
@@ -57,7 +57,7 @@ func (r *run) read(src reader.Source, toRead []*state.File) {
 	budget := semaphore.NewWeighted(r.opts.ReadBytes)
 	g, gctx := errgroup.WithContext(r.readCtx)
 	var decoders sync.WaitGroup
-	for range r.opts.Workers {
+	for range decoderCount(r.opts.Workers) {
 		decoders.Add(1)
 		g.Go(func() error {
 			defer decoders.Done()
@@ -86,6 +86,14 @@ func (r *run) read(src reader.Source, toRead []*state.File) {
 		return nil
 	})
 	_ = g.Wait()
+}
+
+// decoderCount is how many row groups may be decoded at once for workers mappers: one
+// per two, as decoding a batch costs about half of mapping it (arrow-go's decoding is a
+// quarter of a sync's CPU time, the mapper half), and a decoder running ahead only holds
+// more batches in memory.
+func decoderCount(workers int) int {
+	return max(1, (workers+1)/2)
 }
 
 // openedFile is a planned file opened and checked ahead of the reader.

@@ -54,8 +54,8 @@ type Options struct {
 	// LeaseTTL is how long an s3:// lease lasts unrenewed (default the config's
 	// state.lease_ttl).
 	LeaseTTL time.Duration
-	// Workers is how many record batches are mapped at once, and the most row groups
-	// decoded at once (default GOMAXPROCS; ReadBytes may allow fewer).
+	// Workers is how many record batches are mapped at once (default GOMAXPROCS); half as
+	// many row groups, at most, are decoded at once (ReadBytes may allow fewer).
 	Workers int
 	// Prefetch is how many files are opened and checked ahead of the reader (default 8).
 	Prefetch int
