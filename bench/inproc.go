@@ -21,6 +21,7 @@ import (
 const (
 	batchRows   = 4096
 	bufferBytes = 4 << 20
+	readBytes   = 32 << 20 // pipeline.DefaultReadBytes: it sizes the column buffers
 )
 
 // mapInProcess reads every file of the config's sync with backflow's reader and maps it
@@ -59,7 +60,7 @@ func mapInProcess(ctx context.Context, cfgPath, out string, workers int, env []s
 		if err != nil {
 			return nil, err
 		}
-		f, err := reader.OpenFile(ctx, blob, obj, reader.FileOptions{BatchSize: batchRows, BufferSize: bufferBytes})
+		f, err := reader.OpenFile(ctx, blob, obj, reader.FileOptions{BatchSize: batchRows, BufferSize: bufferBytes, MemoryBudget: readBytes})
 		if err != nil {
 			blob.Close()
 			return nil, err
@@ -90,6 +91,8 @@ func mapInProcess(ctx context.Context, cfgPath, out string, workers int, env []s
 	m, err := mapper.New(mapper.Options{
 		Sync: s.Name, Mapping: s.Mapping, Schema: sch.Arrow,
 		MaxRecordBytes: s.Source.Limits.MaxRecordBytes, Version: "bench",
+		// As `backflow sync` maps: the content key is hashed in mode diff only.
+		SkipKeys: s.Mode != "diff",
 	})
 	if err != nil {
 		return 0, err

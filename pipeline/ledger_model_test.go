@@ -345,7 +345,9 @@ func runLedgerModel(t *testing.T, seed uint64) {
 		full := !last && rng.IntN(8) == 0
 		_, _ = Run(ctx, Options{Config: cfg, Sync: &cfg.Syncs[0], Registry: reg, Store: store,
 			Workers: 1 + rng.IntN(3), BatchRows: int64(10 + rng.IntN(100)), Grace: time.Duration(rng.IntN(3)) * time.Millisecond,
-			Full: full})
+			// 1 byte: every row group is decoded alone, its batches mapped by every worker.
+			ReadBytes: []int64{0, 1, 64 << 10}[rng.IntN(3)],
+			Full:      full})
 		cancel()
 		if t.Failed() {
 			return

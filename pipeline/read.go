@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/apache/arrow-go/v18/arrow"
 
@@ -42,14 +44,33 @@ type rowGroupJob struct {
 	start int64
 }
 
-// read reads the planned files with Workers readers until done, stopped or failed.
+// read reads the planned files until done, stopped or failed. Decoding and mapping are
+// apart: decoders (decoderCount) each read a row group into record batches, and Workers
+// mappers map and dispatch the batches, whichever row group they come from. How many
+// row groups are decoded at once is bounded by bytes as well (ReadBytes, against each row
+// group's estimated reading memory): a decoder's buffers, pages and dictionaries are
+// what sets a sync's memory, and a large row group of a wide table is then read alone
+// while the mappers keep every CPU busy with its batches.
 func (r *run) read(src reader.Source, toRead []*state.File) {
 	jobs := make(chan rowGroupJob)
+	recs := make(chan decoded, r.opts.Workers)
+	budget := semaphore.NewWeighted(r.opts.ReadBytes)
 	g, gctx := errgroup.WithContext(r.readCtx)
+	var decoders sync.WaitGroup
+	for range decoderCount(r.opts.Workers) {
+		decoders.Add(1)
+		g.Go(func() error {
+			defer decoders.Done()
+			for job := range jobs {
+				r.readRowGroup(gctx, job, recs, budget)
+			}
+			return nil
+		})
+	}
 	for range r.opts.Workers {
 		g.Go(func() error {
-			for job := range jobs {
-				r.readRowGroup(gctx, job)
+			for d := range recs {
+				r.mapBatch(gctx, d)
 			}
 			return nil
 		})
@@ -59,7 +80,20 @@ func (r *run) read(src reader.Source, toRead []*state.File) {
 		r.produce(gctx, src, toRead, jobs)
 		return nil
 	})
+	g.Go(func() error {
+		decoders.Wait()
+		close(recs)
+		return nil
+	})
 	_ = g.Wait()
+}
+
+// decoderCount is how many row groups may be decoded at once for workers mappers: one
+// per two, as decoding a batch costs about half of mapping it (arrow-go's decoding is a
+// quarter of a sync's CPU time, the mapper half), and a decoder running ahead only holds
+// more batches in memory.
+func decoderCount(workers int) int {
+	return max(1, (workers+1)/2)
 }
 
 // openedFile is a planned file opened and checked ahead of the reader.
@@ -228,45 +262,103 @@ type mapped struct {
 	rejects []mapper.Reject
 }
 
-// readRowGroup reads one row group, maps it and hands its batches to the dispatcher.
-func (r *run) readRowGroup(ctx context.Context, job rowGroupJob) {
+// rowGroupRead is one row group being decoded: its batches are mapped by the mappers.
+type rowGroupRead struct {
+	job rowGroupJob
+	// pending counts the batches handed to the mappers and not yet mapped and
+	// dispatched: the decoder waits for them before it lets go of the row group.
+	pending sync.WaitGroup
+	// stop tells the decoder to read no further: a batch failed to map or could not
+	// be dispatched (the run is stopping).
+	stop atomic.Bool
+}
+
+// decoded is one record batch of a row group, for a mapper: rows [lo, lo+NumRows).
+type decoded struct {
+	rg  *rowGroupRead
+	rec arrow.RecordBatch
+	lo  int64
+}
+
+// readRowGroup decodes one row group, once the read budget has room for it, and hands
+// its record batches to the mappers; it returns when they have all been dispatched.
+func (r *run) readRowGroup(ctx context.Context, job rowGroupJob, recs chan<- decoded, budget *semaphore.Weighted) {
 	defer job.file.release()
+	// A row group larger than the whole budget is read alone.
+	cost := min(max(job.file.f.RowGroupMemory(job.index), 1), r.opts.ReadBytes)
+	if err := budget.Acquire(ctx, cost); err != nil {
+		return
+	}
+	defer budget.Release(cost)
 	rr, err := job.file.f.ReadRowGroup(ctx, job.index)
 	if err != nil {
 		r.readError(ctx, job, err)
 		return
 	}
 	defer rr.Release()
+	rg := &rowGroupRead{job: job}
+	// However decoding ends, the batches handed out are mapped (or dropped, the run
+	// stopping) before the row group is let go.
+	defer rg.pending.Wait()
 	row := job.start
 	var bytesRead int64
 	if md := job.file.f.Metadata(); md != nil && job.index < md.NumRowGroups() {
 		bytesRead = md.RowGroup(job.index).TotalCompressedSize()
 	}
 	for {
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || rg.stop.Load() {
 			return
 		}
-		m, more, err := r.next(rr, row)
+		rec, err := r.decode(rr)
 		if err != nil {
 			r.readFailed(ctx, job, err)
 			return
 		}
-		if !more {
+		if rec == nil {
 			break
 		}
-		r.obs.RowsRead(r.sync.Name, m.hi-m.lo, 0)
-		r.rowsRead.Add(m.hi - m.lo)
-		if !r.dispatch(ctx, job.file, m) {
+		n := rec.NumRows()
+		rg.pending.Add(1)
+		select {
+		case recs <- decoded{rg: rg, rec: rec, lo: row}:
+		case <-ctx.Done():
+			rec.Release()
+			rg.pending.Done()
 			return
 		}
-		row = m.hi
+		row += n
 	}
 	if err := rr.Err(); err != nil {
 		r.readError(ctx, job, err)
 		return
 	}
+	rg.pending.Wait()
+	if rg.stop.Load() {
+		return
+	}
 	r.obs.RowsRead(r.sync.Name, 0, bytesRead)
 	r.log.Debug("read row group", "key", job.file.entry.Key, "row_group", job.index, "rows", row-job.start, "compressed_bytes", bytesRead)
+}
+
+// mapBatch maps one decoded record batch and dispatches it.
+func (r *run) mapBatch(ctx context.Context, d decoded) {
+	defer d.rg.pending.Done()
+	defer d.rec.Release()
+	if ctx.Err() != nil || d.rg.stop.Load() {
+		d.rg.stop.Store(true)
+		return
+	}
+	m, err := r.mapRecords(d.rec, d.lo)
+	if err != nil {
+		d.rg.stop.Store(true)
+		r.readFailed(ctx, d.rg.job, err)
+		return
+	}
+	r.obs.RowsRead(r.sync.Name, m.hi-m.lo, 0)
+	r.rowsRead.Add(m.hi - m.lo)
+	if !r.dispatch(ctx, d.rg.job.file, m) {
+		d.rg.stop.Store(true)
+	}
 }
 
 // recordReader is what readRowGroup reads: reader.File's row-group reader.
@@ -275,26 +367,39 @@ type recordReader interface {
 	RecordBatch() arrow.RecordBatch
 }
 
-// next reads and maps the next record batch starting at row. Arrays decoded from a
-// corrupt page can break the mapper's assumptions: a panic while reading or mapping is
-// the file's fault, returned as an error (the file is rejected, the process goes on).
-// Only reading and mapping run under this recover: dispatch and delivery never do.
-func (r *run) next(rr recordReader, row int64) (m mapped, more bool, err error) {
+// decode reads the next record batch (retained: the caller releases it), or nil at the
+// end of the row group. Arrays decoded from a corrupt page can break arrow-go's
+// assumptions: a panic while reading is the file's fault, returned as an error (the file
+// is rejected, the process goes on).
+func (r *run) decode(rr recordReader) (rec arrow.RecordBatch, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			rec, err = nil, fmt.Errorf("unreadable data: %v", p)
+		}
+	}()
+	if !rr.Next() {
+		return nil, nil
+	}
+	rec = rr.RecordBatch()
+	rec.Retain()
+	return rec, nil
+}
+
+// mapRecords maps a record batch starting at row. Arrays decoded from a corrupt page can
+// break the mapper's assumptions: a panic while mapping is the file's fault, returned as
+// an error. Only reading and mapping run under a recover: dispatch and delivery never do.
+func (r *run) mapRecords(rec arrow.RecordBatch, row int64) (m mapped, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("unreadable data: %v", p)
 		}
 	}()
-	if !rr.Next() {
-		return m, false, nil
-	}
-	rec := rr.RecordBatch()
 	n := rec.NumRows()
 	m = mapped{lo: row, hi: row + n}
 	if r.mapper != nil {
 		m.msgs, m.rejects = r.mapper.Map(rec, row, make([]mapper.Message, 0, n), nil)
 	}
-	return m, true, nil
+	return m, nil
 }
 
 // readError handles a failure reading a row group: a bad file is rejected (the others go

@@ -54,19 +54,32 @@ type Options struct {
 	// LeaseTTL is how long an s3:// lease lasts unrenewed (default the config's
 	// state.lease_ttl).
 	LeaseTTL time.Duration
-	// Workers is how many row groups are read and mapped at once (default GOMAXPROCS).
+	// Workers is how many record batches are mapped at once (default GOMAXPROCS); half as
+	// many row groups, at most, are decoded at once (ReadBytes may allow fewer).
 	Workers int
 	// Prefetch is how many files are opened and checked ahead of the reader (default 8).
 	Prefetch int
 	// BatchRows is the number of rows per Arrow record batch (default 4096).
 	BatchRows int64
-	// BufferBytes is the read buffer per column stream (default 4 MiB: one GET per refill).
+	// BufferBytes is the most read buffer per column stream (default 4 MiB: one GET per
+	// refill); a file with many columns gets less (ReadBytes).
 	BufferBytes int64
+	// ReadBytes bounds the memory of the row groups decoded at once (default
+	// DefaultReadBytes), by the reader's estimate of each (reader.File.RowGroupMemory); a
+	// row group estimated above it is read alone. It also sizes each file's column
+	// buffers (reader.FileOptions.MemoryBudget).
+	ReadBytes int64
 	// Grace bounds how long in-flight batches may take once ctx is done (default 30s).
 	Grace time.Duration
 	// Now tells the time (tests); default time.Now.
 	Now func() time.Time
 }
+
+// DefaultReadBytes is Options.ReadBytes's default: the row groups decoded at once are
+// estimated to take at most 32 MiB (a 512 Ki-row row group of a 10-column table is read
+// alone, eight of 64 Ki rows at once), so that a sync's peak memory stays under 200 MiB
+// however wide the table or large its row groups, without a soft memory limit.
+const DefaultReadBytes int64 = 32 << 20
 
 // ConfigError is a configuration problem found while starting a run (exit code 2):
 // nothing was read or sent. It is the configuration's own error type: one type for
@@ -172,6 +185,9 @@ func newRun(opts Options) *run {
 	}
 	if opts.BufferBytes <= 0 {
 		opts.BufferBytes = 4 << 20
+	}
+	if opts.ReadBytes <= 0 {
+		opts.ReadBytes = DefaultReadBytes
 	}
 	if opts.Grace <= 0 {
 		opts.Grace = 30 * time.Second
@@ -593,7 +609,7 @@ func (r *run) openFile(ctx context.Context, src reader.Source, obj reader.Object
 	if err != nil {
 		return nil, err
 	}
-	f, err := reader.OpenFile(ctx, blob, obj, reader.FileOptions{BatchSize: r.opts.BatchRows, BufferSize: r.opts.BufferBytes})
+	f, err := reader.OpenFile(ctx, blob, obj, reader.FileOptions{BatchSize: r.opts.BatchRows, BufferSize: r.opts.BufferBytes, MemoryBudget: r.opts.ReadBytes})
 	if err != nil {
 		blob.Close()
 		return nil, err

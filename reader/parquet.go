@@ -25,6 +25,13 @@ const (
 	// DefaultBufferSize is the buffered stream each column chunk is read through. Over
 	// S3 every refill is one ranged GET, so megabytes, not arrow-go's 16 KiB default.
 	DefaultBufferSize int64 = 4 << 20
+	// MinBufferSize is the smallest stream buffer a MemoryBudget shrinks it to.
+	MinBufferSize int64 = 256 << 10
+
+	// pageMemory is what RowGroupMemory counts per column for its pages, its dictionary
+	// and the dictionary's decoded values (each bounded by the writer's page sizes, 1 MiB
+	// by default in arrow-go, parquet-mr and DuckDB), when the column chunk is larger.
+	pageMemory int64 = 2 << 20
 
 	// footerProbe is how many bytes of the end of a file OpenFile reads at once: the
 	// 8-byte trailer and, for nearly every file, the whole footer, so that opening a
@@ -43,6 +50,11 @@ type FileOptions struct {
 	// BufferSize is the buffered stream size per column chunk; 0 or less means
 	// DefaultBufferSize. A column chunk smaller than this is buffered whole.
 	BufferSize int64
+	// MemoryBudget, when positive, is what reading one row group should stay near: the
+	// stream buffer of each column shrinks to a quarter of it shared by the file's
+	// columns (never below MinBufferSize nor above BufferSize), so that a wide table's
+	// buffers do not multiply with its columns.
+	MemoryBudget int64
 	// Allocator allocates Arrow memory; nil means memory.DefaultAllocator.
 	Allocator memory.Allocator
 }
@@ -95,6 +107,7 @@ type File struct {
 	fr        *pqarrow.FileReader
 	mem       memory.Allocator
 	batchSize int64
+	bufSize   int64 // the stream buffer of each column chunk
 	schema    *arrow.Schema
 	rowCounts []int64
 	numRows   int64
@@ -191,6 +204,11 @@ func OpenFile(ctx context.Context, blob Blob, obj Object, opts FileOptions) (f *
 	if md.Schema.NumColumns() == 0 {
 		return nil, corrupt(obj.Key, -1, errors.New("the file has no columns"))
 	}
+	if opts.MemoryBudget > 0 {
+		// arrow-go reads props.BufferSize whenever it opens a column chunk's stream.
+		per := opts.MemoryBudget / 4 / int64(md.Schema.NumColumns())
+		props.BufferSize = min(opts.BufferSize, max(per, MinBufferSize))
+	}
 	return &File{
 		obj:       obj,
 		blob:      rb,
@@ -198,6 +216,7 @@ func OpenFile(ctx context.Context, blob Blob, obj Object, opts FileOptions) (f *
 		fr:        fr,
 		mem:       opts.Allocator,
 		batchSize: opts.BatchSize,
+		bufSize:   props.BufferSize,
 		schema:    sc,
 		rowCounts: counts,
 		numRows:   total,
@@ -227,6 +246,30 @@ func (f *File) RowGroupRows(i int) int64 {
 
 // BatchSize is the most rows a record batch of this file holds.
 func (f *File) BatchSize() int64 { return f.batchSize }
+
+// BufferSize is the stream buffer of each column chunk of this file.
+func (f *File) BufferSize() int64 { return f.bufSize }
+
+// RowGroupMemory estimates the memory reading row group i takes, from the footer: per
+// column chunk, its stream buffer (the chunk's compressed bytes, up to the buffer size)
+// and its pages, dictionary and decoded dictionary (the chunk's uncompressed bytes, up to
+// 2 MiB). The record batches themselves are bounded by BatchSize and counted by nobody.
+func (f *File) RowGroupMemory(i int) int64 {
+	md := f.pf.MetaData()
+	if i < 0 || i >= md.NumRowGroups() {
+		return 0
+	}
+	rg := md.RowGroup(i)
+	var total int64
+	for c := range rg.NumColumns() {
+		cc, err := rg.ColumnChunk(c)
+		if err != nil {
+			continue
+		}
+		total += min(max(cc.TotalCompressedSize(), 0), f.bufSize) + min(max(cc.TotalUncompressedSize(), 0), pageMemory)
+	}
+	return total
+}
 
 // ArrowSchema is the Arrow schema the file's records have: one field per top-level
 // Parquet column, in order. It is computed once, by OpenFile.

@@ -171,6 +171,56 @@ func TestParquetDefaultBatchSize(t *testing.T) {
 	}
 }
 
+func TestParquetMemoryBudget(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "a.parquet")
+	pqWriteInts(t, path, 30000, 10000)
+	for _, tc := range []struct {
+		budget, buffer int64
+	}{
+		{0, reader.DefaultBufferSize},
+		{64 << 20, reader.DefaultBufferSize}, // 8 MiB a column, at most BufferSize
+		{8 << 20, 1 << 20},                   // a quarter of the budget, shared by 2 columns
+		{1, reader.MinBufferSize},
+	} {
+		mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+		f, _ := pqOpen(t, path, reader.FileOptions{MemoryBudget: tc.budget, BatchSize: 1000, Allocator: mem})
+		if got := f.BufferSize(); got != tc.buffer {
+			t.Errorf("budget %d: buffer %d, want %d", tc.budget, got, tc.buffer)
+		}
+		est := f.RowGroupMemory(0)
+		if est <= 0 || est > 2*f.BufferSize()+4<<20 {
+			t.Errorf("budget %d: row group memory estimate %d", tc.budget, est)
+		}
+		if f.RowGroupMemory(-1) != 0 || f.RowGroupMemory(3) != 0 {
+			t.Error("estimate of a row group the file does not have")
+		}
+		var next int64
+		for rg := range f.NumRowGroups() {
+			rr, err := f.ReadRowGroup(context.Background(), rg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for rr.Next() {
+				ids := rr.RecordBatch().Column(0).(*array.Int64)
+				for i := range ids.Len() {
+					if ids.Value(i) != next {
+						t.Fatalf("budget %d: row %d: id %d", tc.budget, next, ids.Value(i))
+					}
+					next++
+				}
+			}
+			if err := rr.Err(); err != nil {
+				t.Fatal(err)
+			}
+			rr.Release()
+		}
+		if next != 30000 {
+			t.Errorf("budget %d: read %d rows", tc.budget, next)
+		}
+		mem.AssertSize(t, 0)
+	}
+}
+
 func TestParquetReadFirstRows(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "a.parquet")
 	pqWriteInts(t, path, 30, 10) // three row groups of 10 rows
