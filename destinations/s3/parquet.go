@@ -21,7 +21,7 @@ import (
 // groups large enough for warehouse readers.
 const (
 	defaultRowGroupRows = 64 << 10
-	rowGroupBytes       = 48 << 20
+	rowGroupBytes       = 16 << 20
 )
 
 // parquetEncoder builds Arrow arrays from the messages and writes a row group each time

@@ -46,7 +46,7 @@ var (
 
 const (
 	// defaultPartSize is the size of every part but the last; S3 needs at least 5 MiB.
-	defaultPartSize = 8 << 20
+	defaultPartSize = 5 << 20
 	// defaultPartsInFlight is how many parts upload while the next one fills.
 	defaultPartsInFlight = 2
 	// maxKeyBytes is S3's limit on a key, prefix included.
