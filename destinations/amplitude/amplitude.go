@@ -31,7 +31,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/backflowhq/backflow/config"
@@ -135,7 +134,7 @@ type Amplitude struct {
 	limits    httpapi.Limits
 	prefix    string // {"api_key":"…","events":[
 	groupType string
-	bufs      sync.Pool // *[]byte
+	bufs      httpapi.BufPool
 }
 
 // New is the amplitude destination's Factory.
@@ -179,7 +178,7 @@ func (d *Amplitude) Write(ctx context.Context, msgs []mapper.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	bp := d.getBuf()
+	bp := d.bufs.Get()
 	defer d.bufs.Put(bp)
 	items, idx, failed, buf := httpapi.Encode(*bp, msgs, d.appendEvent)
 	*bp = buf
@@ -189,29 +188,11 @@ func (d *Amplitude) Write(ctx context.Context, msgs []mapper.Message) error {
 		}
 		return nil
 	})
-	for _, chunk := range d.limits.Chunks(idx, func(i int) int { return len(items[i]) }) {
-		f, err := httpapi.Deliver(ctx, chunk, func(ctx context.Context, idx []int) error { return d.send(ctx, items, idx) })
-		failed = append(failed, f...)
-		if err != nil {
-			return fmt.Errorf("amplitude: %w", err)
-		}
+	f, err := httpapi.DeliverChunks(ctx, d.limits, items, idx, func(ctx context.Context, idx []int) error { return d.send(ctx, items, idx) })
+	if err != nil {
+		return fmt.Errorf("amplitude: %w", err)
 	}
-	return httpapi.Result(failed)
-}
-
-func (d *Amplitude) getBuf() *[]byte {
-	if bp, ok := d.bufs.Get().(*[]byte); ok {
-		return bp
-	}
-	return new([]byte)
-}
-
-// body is a message's traits or properties, {} when it has none.
-func body(m *mapper.Message) []byte {
-	if m.BodyEnd > m.BodyStart {
-		return m.Body()
-	}
-	return []byte("{}")
+	return httpapi.Result(append(failed, f...))
 }
 
 // appendEvent appends the event of m.
@@ -247,10 +228,10 @@ func (d *Amplitude) appendEvent(dst []byte, m *mapper.Message) ([]byte, error) {
 	switch m.Type {
 	case "track":
 		dst = append(dst, `,"event_properties":`...)
-		dst = httpapi.AppendObject(dst, body(m), nil)
+		dst = httpapi.AppendObject(dst, httpapi.Body(m), nil)
 	case "identify":
 		dst = append(dst, `,"user_properties":{"$set":`...)
-		dst = httpapi.AppendObject(dst, body(m), nil)
+		dst = httpapi.AppendObject(dst, httpapi.Body(m), nil)
 		dst = append(dst, '}')
 	case "group":
 		dst = append(dst, `,"groups":{`...)
@@ -258,7 +239,7 @@ func (d *Amplitude) appendEvent(dst []byte, m *mapper.Message) ([]byte, error) {
 		dst = append(dst, ':')
 		dst = httpapi.AppendString(dst, m.GroupID)
 		dst = append(dst, `},"group_properties":{"$set":`...)
-		dst = httpapi.AppendObject(dst, body(m), nil)
+		dst = httpapi.AppendObject(dst, httpapi.Body(m), nil)
 		dst = append(dst, '}')
 	}
 	return append(dst, '}'), nil
@@ -273,7 +254,7 @@ func (d *Amplitude) send(ctx context.Context, items [][]byte, idx []int) error {
 		live[k] = k
 	}
 	var failed []destinations.Failure
-	bp := d.getBuf()
+	bp := d.bufs.Get()
 	defer d.bufs.Put(bp)
 	sel := make([]int, 0, len(idx))
 	for {

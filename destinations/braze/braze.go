@@ -26,7 +26,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/backflowhq/backflow/config"
@@ -90,7 +89,7 @@ type Braze struct {
 	url    string
 	auth   http.Header
 	now    func() time.Time
-	bufs   sync.Pool // *[]byte
+	bufs   httpapi.BufPool
 }
 
 // New is the braze destination's Factory.
@@ -120,35 +119,18 @@ func (d *Braze) Write(ctx context.Context, msgs []mapper.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	bp := d.getBuf()
+	bp := d.bufs.Get()
 	defer d.bufs.Put(bp)
 	now := d.now().UTC()
 	items, idx, failed, buf := httpapi.Encode(*bp, msgs, func(dst []byte, m *mapper.Message) ([]byte, error) {
 		return appendObject(dst, m, now)
 	})
 	*bp = buf
-	for _, chunk := range limits.Chunks(idx, func(i int) int { return len(items[i]) }) {
-		f, err := httpapi.Deliver(ctx, chunk, func(ctx context.Context, idx []int) error { return d.send(ctx, msgs, items, idx) })
-		failed = append(failed, f...)
-		if err != nil {
-			return fmt.Errorf("braze: %w", err)
-		}
+	f, err := httpapi.DeliverChunks(ctx, limits, items, idx, func(ctx context.Context, idx []int) error { return d.send(ctx, msgs, items, idx) })
+	if err != nil {
+		return fmt.Errorf("braze: %w", err)
 	}
-	return httpapi.Result(failed)
-}
-
-func (d *Braze) getBuf() *[]byte {
-	if bp, ok := d.bufs.Get().(*[]byte); ok {
-		return bp
-	}
-	return new([]byte)
-}
-
-func body(m *mapper.Message) []byte {
-	if m.BodyEnd > m.BodyStart {
-		return m.Body()
-	}
-	return []byte("{}")
+	return httpapi.Result(append(failed, f...))
 }
 
 // appendUser appends the members naming m's user: external_id, or a user alias (which
@@ -175,7 +157,7 @@ func appendObject(dst []byte, m *mapper.Message, now time.Time) ([]byte, error) 
 	}
 	switch m.Type {
 	case "identify":
-		return httpapi.AppendObject(dst, body(m), func(dst []byte) []byte { return appendUser(dst, m, true) }), nil
+		return httpapi.AppendObject(dst, httpapi.Body(m), func(dst []byte) []byte { return appendUser(dst, m, true) }), nil
 	case "group":
 		if m.GroupID == "" {
 			return dst, errors.New("braze needs a group id: the group message has no groupId")
@@ -183,7 +165,7 @@ func appendObject(dst []byte, m *mapper.Message, now time.Time) ([]byte, error) 
 		dst = append(dst, '{')
 		dst = httpapi.AppendString(dst, GroupPrefix+m.GroupID)
 		dst = append(dst, ":true,"...)
-		if traits, some := httpapi.AppendMembers(nil, body(m)); some {
+		if traits, some := httpapi.AppendMembers(nil, httpapi.Body(m)); some {
 			dst = httpapi.AppendString(dst, GroupPrefix+m.GroupID+"_traits")
 			dst = append(dst, ":{"...)
 			dst = append(dst, traits...)
@@ -203,7 +185,7 @@ func appendObject(dst []byte, m *mapper.Message, now time.Time) ([]byte, error) 
 		}
 		dst = httpapi.AppendString(dst, ts)
 		dst = append(dst, `,"properties":`...)
-		dst = httpapi.AppendObject(dst, body(m), nil)
+		dst = httpapi.AppendObject(dst, httpapi.Body(m), nil)
 		return append(dst, '}'), nil
 	}
 	return dst, fmt.Errorf("braze cannot send a message of type %q", m.Type)
@@ -219,7 +201,7 @@ func (d *Braze) send(ctx context.Context, msgs []mapper.Message, items [][]byte,
 		live[k] = k
 	}
 	var failed []destinations.Failure
-	bp := d.getBuf()
+	bp := d.bufs.Get()
 	defer d.bufs.Put(bp)
 	for {
 		// Both arrays, and where each object sits in them.

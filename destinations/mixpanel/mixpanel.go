@@ -29,7 +29,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/backflowhq/backflow/config"
@@ -139,7 +138,7 @@ type Mixpanel struct {
 	token      string
 	groupKey   string
 	now        func() time.Time
-	bufs       sync.Pool // *[]byte
+	bufs       httpapi.BufPool
 }
 
 // New is the mixpanel destination's Factory.
@@ -196,7 +195,7 @@ func (d *Mixpanel) Write(ctx context.Context, msgs []mapper.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	bp, mp := d.getBuf(), d.getBuf()
+	bp, mp := d.bufs.Get(), d.bufs.Get()
 	defer d.bufs.Put(bp)
 	defer d.bufs.Put(mp)
 	now := d.now()
@@ -253,20 +252,18 @@ func (d *Mixpanel) Write(ctx context.Context, msgs []mapper.Message) error {
 				live = append(live, i)
 			}
 		}
-		for _, chunk := range st.limits.Chunks(live, func(i int) int { return len(st.items[i]) }) {
-			f, err := httpapi.Deliver(ctx, chunk, func(ctx context.Context, idx []int) error {
-				b := d.getBuf()
-				defer d.bufs.Put(b)
-				*b = httpapi.AppendJoin((*b)[:0], "[", st.items, idx, "]")
-				return d.annotate(st.what, len(idx), st.send(ctx, *b, len(idx)))
-			})
-			for _, x := range f {
-				refused[x.Index] = true
-			}
-			failed = append(failed, f...)
-			if err != nil {
-				return fmt.Errorf("mixpanel: %w", err)
-			}
+		f, err := httpapi.DeliverChunks(ctx, st.limits, st.items, live, func(ctx context.Context, idx []int) error {
+			b := d.bufs.Get()
+			defer d.bufs.Put(b)
+			*b = httpapi.AppendJoin((*b)[:0], "[", st.items, idx, "]")
+			return d.annotate(st.what, len(idx), st.send(ctx, *b, len(idx)))
+		})
+		for _, x := range f {
+			refused[x.Index] = true
+		}
+		failed = append(failed, f...)
+		if err != nil {
+			return fmt.Errorf("mixpanel: %w", err)
 		}
 	}
 	return httpapi.Result(failed)
@@ -278,20 +275,6 @@ func (d *Mixpanel) annotate(what string, n int, err error) error {
 		return err
 	}
 	return fmt.Errorf("sending %d %s: %w", n, what, err)
-}
-
-func (d *Mixpanel) getBuf() *[]byte {
-	if bp, ok := d.bufs.Get().(*[]byte); ok {
-		return bp
-	}
-	return new([]byte)
-}
-
-func body(m *mapper.Message) []byte {
-	if m.BodyEnd > m.BodyStart {
-		return m.Body()
-	}
-	return []byte("{}")
 }
 
 // distinctID is whom a message speaks of: its userId, else its anonymousId.
@@ -319,7 +302,7 @@ func (d *Mixpanel) appendItem(dst []byte, m *mapper.Message, now time.Time) ([]b
 		dst = append(dst, `{"event":`...)
 		dst = httpapi.AppendString(dst, m.Event)
 		dst = append(dst, `,"properties":`...)
-		dst = httpapi.AppendObject(dst, body(m), func(dst []byte) []byte {
+		dst = httpapi.AppendObject(dst, httpapi.Body(m), func(dst []byte) []byte {
 			dst = append(dst, `"time":`...)
 			dst = httpapi.AppendInt(dst, ms)
 			dst = append(dst, `,"distinct_id":`...)
@@ -336,7 +319,7 @@ func (d *Mixpanel) appendItem(dst []byte, m *mapper.Message, now time.Time) ([]b
 		dst = append(dst, `,"$distinct_id":`...)
 		dst = httpapi.AppendString(dst, id)
 		dst = append(dst, `,"$set":`...)
-		dst = httpapi.AppendObject(dst, body(m), nil)
+		dst = httpapi.AppendObject(dst, httpapi.Body(m), nil)
 		return append(dst, '}'), nil
 	case "group":
 		if m.GroupID == "" {
@@ -348,7 +331,7 @@ func (d *Mixpanel) appendItem(dst []byte, m *mapper.Message, now time.Time) ([]b
 		dst = append(dst, `,"$group_id":`...)
 		dst = httpapi.AppendString(dst, m.GroupID)
 		dst = append(dst, `,"$set":`...)
-		dst = httpapi.AppendObject(dst, body(m), nil)
+		dst = httpapi.AppendObject(dst, httpapi.Body(m), nil)
 		return append(dst, '}'), nil
 	}
 	return dst, fmt.Errorf("mixpanel cannot send a message of type %q", m.Type)

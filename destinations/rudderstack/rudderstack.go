@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/backflowhq/backflow/config"
@@ -76,7 +75,7 @@ type RudderStack struct {
 	client *httpapi.Client
 	url    string
 	auth   http.Header
-	bufs   sync.Pool // *[]byte
+	bufs   httpapi.BufPool
 }
 
 // New is the rudderstack destination's Factory.
@@ -119,21 +118,15 @@ func (d *RudderStack) Write(ctx context.Context, msgs []mapper.Message) error {
 		items[i] = msgs[i].JSON
 		idx = append(idx, i)
 	}
-	for _, chunk := range limits.Chunks(idx, func(i int) int { return len(items[i]) }) {
-		f, err := httpapi.Deliver(ctx, chunk, func(ctx context.Context, idx []int) error { return d.send(ctx, items, idx) })
-		failed = append(failed, f...)
-		if err != nil {
-			return fmt.Errorf("rudderstack: %w", err)
-		}
+	f, err := httpapi.DeliverChunks(ctx, limits, items, idx, func(ctx context.Context, idx []int) error { return d.send(ctx, items, idx) })
+	if err != nil {
+		return fmt.Errorf("rudderstack: %w", err)
 	}
-	return httpapi.Result(failed)
+	return httpapi.Result(append(failed, f...))
 }
 
 func (d *RudderStack) send(ctx context.Context, items [][]byte, idx []int) error {
-	bp, _ := d.bufs.Get().(*[]byte)
-	if bp == nil {
-		bp = new([]byte)
-	}
+	bp := d.bufs.Get()
 	defer d.bufs.Put(bp)
 	*bp = httpapi.AppendJoin((*bp)[:0], `{"batch":[`, items, idx, "]}")
 	resp, err := d.client.Post(ctx, d.url, "application/json", *bp, d.auth)

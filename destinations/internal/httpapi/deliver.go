@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 
 	"github.com/backflowhq/backflow/destinations"
 	"github.com/backflowhq/backflow/mapper"
@@ -187,3 +188,41 @@ func Keep(idx []int, failed []destinations.Failure, keep func(i int) error) ([]i
 	}
 	return out, failed
 }
+
+// DeliverChunks sends the messages at idx in requests within l (items[i] is message i's
+// encoded size), each through Deliver, and returns every refused message. It stops at
+// the first request that failed otherwise, returning its error: the caller then takes
+// nothing of idx as delivered.
+func DeliverChunks(ctx context.Context, l Limits, items [][]byte, idx []int, send Sender) ([]destinations.Failure, error) {
+	var failed []destinations.Failure
+	for _, chunk := range l.Chunks(idx, func(i int) int { return len(items[i]) }) {
+		f, err := Deliver(ctx, chunk, send)
+		failed = append(failed, f...)
+		if err != nil {
+			return failed, err
+		}
+	}
+	return failed, nil
+}
+
+// Body is a message's traits or properties, {} when it has none.
+func Body(m *mapper.Message) []byte {
+	if m.BodyEnd > m.BodyStart {
+		return m.Body()
+	}
+	return []byte("{}")
+}
+
+// BufPool recycles request buffers between Writes. The zero value is ready.
+type BufPool struct{ p sync.Pool }
+
+// Get returns a buffer to append to (its old contents are the caller's to reset).
+func (b *BufPool) Get() *[]byte {
+	if bp, ok := b.p.Get().(*[]byte); ok {
+		return bp
+	}
+	return new([]byte)
+}
+
+// Put returns a buffer for a later Get.
+func (b *BufPool) Put(bp *[]byte) { b.p.Put(bp) }
