@@ -1,7 +1,6 @@
 package kafka
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -10,7 +9,6 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -21,6 +19,7 @@ import (
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
 	"github.com/backflowhq/backflow/destinations/file"
+	"github.com/backflowhq/backflow/internal/testutil"
 	"github.com/backflowhq/backflow/mapper"
 )
 
@@ -83,8 +82,8 @@ func TestFigures(t *testing.T) {
 			}
 			runtime.GC()
 			debug.FreeOSMemory()
-			resetPeakRSS(t)
-			before := procStatus(t, "VmRSS")
+			testutil.ResetPeakRSS(t)
+			before := testutil.ProcStatus(t, "VmRSS")
 			heap := sampleHeap()
 			start := time.Now()
 			var in int64
@@ -102,7 +101,7 @@ func TestFigures(t *testing.T) {
 			}
 			elapsed := time.Since(start)
 			peakHeap := heap()
-			peak := procStatus(t, "VmHWM")
+			peak := testutil.ProcStatus(t, "VmHWM")
 			if k != nil {
 				var n int64
 				for _, e := range k.endOffsets(context.Background()) {
@@ -179,29 +178,4 @@ func figureBatch(first, n int) []mapper.Message {
 			JSON: buf[start:len(buf):len(buf)], BodyStart: bs, BodyEnd: be}
 	}
 	return msgs
-}
-
-// resetPeakRSS resets VmHWM to the current RSS (Linux: clear_refs 5).
-func resetPeakRSS(t *testing.T) {
-	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
-		t.Logf("cannot reset the peak RSS (%v): VmHWM is the process's peak since it started", err)
-	}
-}
-
-// procStatus returns a /proc/self/status field in KiB.
-func procStatus(t *testing.T, field string) int64 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		t.Skipf("no /proc/self/status: %v", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-			return n
-		}
-	}
-	t.Fatalf("no %s in /proc/self/status", field)
-	return 0
 }

@@ -1,7 +1,6 @@
 package kafka_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations/all"
 	"github.com/backflowhq/backflow/internal/exampledata"
+	"github.com/backflowhq/backflow/internal/testutil"
 	"github.com/backflowhq/backflow/pipeline"
 	"github.com/backflowhq/backflow/state"
 )
@@ -89,8 +89,8 @@ syncs:
 			}
 			runtime.GC()
 			debug.FreeOSMemory()
-			resetPeakRSS(t)
-			before := procStatus(t, "VmRSS")
+			testutil.ResetPeakRSS(t)
+			before := testutil.ProcStatus(t, "VmRSS")
 			start := time.Now()
 			rep, err := pipeline.Run(context.Background(), pipeline.Options{Config: cfg, Sync: &cfg.Syncs[0],
 				Registry: all.Registry(), Store: store, Version: "figures"})
@@ -98,7 +98,7 @@ syncs:
 			if err != nil {
 				t.Fatal(err)
 			}
-			peak := procStatus(t, "VmHWM")
+			peak := testutil.ProcStatus(t, "VmHWM")
 			var delivered []string
 			for name, d := range rep.Destinations {
 				if d.Delivered != rows {
@@ -111,29 +111,4 @@ syncs:
 				float64(rows)/elapsed.Seconds()/1000, before>>10, peak>>10)
 		})
 	}
-}
-
-// resetPeakRSS resets VmHWM to the current RSS (Linux: clear_refs 5).
-func resetPeakRSS(t *testing.T) {
-	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
-		t.Logf("cannot reset the peak RSS (%v): VmHWM is the process's peak since it started", err)
-	}
-}
-
-// procStatus returns a /proc/self/status field in KiB.
-func procStatus(t *testing.T, field string) int64 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		t.Skipf("no /proc/self/status: %v", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-			return n
-		}
-	}
-	t.Fatalf("no %s in /proc/self/status", field)
-	return 0
 }

@@ -1,7 +1,6 @@
 package postgres_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -61,8 +60,8 @@ func TestFigures(t *testing.T) {
 			}
 			runtime.GC()
 			debug.FreeOSMemory()
-			resetPeakRSS(t)
-			before := procStatus(t, "VmRSS")
+			testutil.ResetPeakRSS(t)
+			before := testutil.ProcStatus(t, "VmRSS")
 			var bytesIn int64
 			cpu0 := cpuTime()
 			start := time.Now()
@@ -94,7 +93,7 @@ func TestFigures(t *testing.T) {
 			for err := range errs {
 				t.Fatal(err)
 			}
-			peak := procStatus(t, "VmHWM")
+			peak := testutil.ProcStatus(t, "VmHWM")
 			if err := d.Close(context.Background()); err != nil {
 				t.Fatal(err)
 			}
@@ -151,29 +150,4 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// resetPeakRSS resets VmHWM to the current RSS (Linux: clear_refs 5).
-func resetPeakRSS(t *testing.T) {
-	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
-		t.Logf("cannot reset the peak RSS (%v): VmHWM is the process's peak since it started", err)
-	}
-}
-
-// procStatus returns a /proc/self/status field in KiB.
-func procStatus(t *testing.T, field string) int64 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		t.Skipf("no /proc/self/status: %v", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-			return n
-		}
-	}
-	t.Fatalf("no %s in /proc/self/status", field)
-	return 0
 }

@@ -1,14 +1,12 @@
 package s3
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
 	"runtime"
 	"runtime/debug"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/backflowhq/backflow/internal/testutil"
 	"github.com/backflowhq/backflow/mapper"
 )
 
@@ -52,8 +51,8 @@ func TestFigures(t *testing.T) {
 			gen := newFigureGen(batch)
 			runtime.GC()
 			debug.FreeOSMemory()
-			resetPeakRSS(t)
-			before := procStatus(t, "VmRSS")
+			testutil.ResetPeakRSS(t)
+			before := testutil.ProcStatus(t, "VmRSS")
 			start := time.Now()
 			var in, durable int64
 			for sent := 0; sent < total; sent += batch {
@@ -74,7 +73,7 @@ func TestFigures(t *testing.T) {
 			if n := atomic.LoadInt64(&durable); n != int64(total/batch) {
 				t.Fatalf("%d writes durable after Flush, want %d", n, total/batch)
 			}
-			peak := procStatus(t, "VmHWM")
+			peak := testutil.ProcStatus(t, "VmHWM")
 			if err := d.Close(context.Background()); err != nil {
 				t.Fatal(err)
 			}
@@ -119,29 +118,4 @@ func (g *figureGen) next(first int) []mapper.Message {
 			JSON: buf[start:len(buf):len(buf)], BodyStart: bs, BodyEnd: be}
 	}
 	return msgs
-}
-
-// resetPeakRSS resets VmHWM to the current RSS (Linux: clear_refs 5).
-func resetPeakRSS(t *testing.T) {
-	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
-		t.Logf("cannot reset the peak RSS (%v): VmHWM is the process's peak since it started", err)
-	}
-}
-
-// procStatus returns a /proc/self/status field in KiB.
-func procStatus(t *testing.T, field string) int64 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		t.Skipf("no /proc/self/status: %v", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-			return n
-		}
-	}
-	t.Fatalf("no %s in /proc/self/status", field)
-	return 0
 }
