@@ -370,3 +370,8 @@ func appendUUID(dst []byte, b []byte) []byte {
 	}
 	return dst
 }
+
+// AppendJSONString appends s as a JSON string exactly as the mapper writes one (control
+// characters, U+2028 and U+2029 escaped; invalid UTF-8 replaced by U+FFFD), for
+// destinations that build their own request bodies from a message's values.
+func AppendJSONString(dst []byte, s string) []byte { return appendString(dst, s) }

@@ -154,7 +154,7 @@ func New(_ context.Context, cfg config.Destination, env destinations.Env) (desti
 	if o.API == APIBatch {
 		path, maxBytes = "/batch", MaxBatchBytes
 	}
-	prefix := string(httpapi.AppendString([]byte(`{"api_key":`), o.APIKey))
+	prefix := string(mapper.AppendJSONString([]byte(`{"api_key":`), o.APIKey))
 	if o.MinIDLength > 0 {
 		prefix += `,"options":{"min_id_length":` + strconv.Itoa(o.MinIDLength) + `}`
 	}
@@ -203,7 +203,7 @@ func (d *Amplitude) appendEvent(dst []byte, m *mapper.Message) ([]byte, error) {
 	dst = append(dst, `{"event_type":`...)
 	switch m.Type {
 	case "track":
-		dst = httpapi.AppendString(dst, m.Event)
+		dst = mapper.AppendJSONString(dst, m.Event)
 	case "identify":
 		dst = append(dst, `"$identify"`...)
 	case "group":
@@ -213,18 +213,18 @@ func (d *Amplitude) appendEvent(dst []byte, m *mapper.Message) ([]byte, error) {
 	}
 	if m.UserID != "" {
 		dst = append(dst, `,"user_id":`...)
-		dst = httpapi.AppendString(dst, m.UserID)
+		dst = mapper.AppendJSONString(dst, m.UserID)
 	}
 	if m.AnonymousID != "" {
 		dst = append(dst, `,"device_id":`...)
-		dst = httpapi.AppendString(dst, m.AnonymousID)
+		dst = mapper.AppendJSONString(dst, m.AnonymousID)
 	}
 	if ms, ok := httpapi.Millis(m.Timestamp()); ok {
 		dst = append(dst, `,"time":`...)
 		dst = httpapi.AppendInt(dst, ms)
 	}
 	dst = append(dst, `,"insert_id":`...)
-	dst = httpapi.AppendString(dst, m.ID)
+	dst = mapper.AppendJSONString(dst, m.ID)
 	switch m.Type {
 	case "track":
 		dst = append(dst, `,"event_properties":`...)
@@ -235,9 +235,9 @@ func (d *Amplitude) appendEvent(dst []byte, m *mapper.Message) ([]byte, error) {
 		dst = append(dst, '}')
 	case "group":
 		dst = append(dst, `,"groups":{`...)
-		dst = httpapi.AppendString(dst, d.groupType)
+		dst = mapper.AppendJSONString(dst, d.groupType)
 		dst = append(dst, ':')
-		dst = httpapi.AppendString(dst, m.GroupID)
+		dst = mapper.AppendJSONString(dst, m.GroupID)
 		dst = append(dst, `},"group_properties":{"$set":`...)
 		dst = httpapi.AppendObject(dst, httpapi.Body(m), nil)
 		dst = append(dst, '}')

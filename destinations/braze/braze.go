@@ -138,10 +138,10 @@ func (d *Braze) Write(ctx context.Context, msgs []mapper.Message) error {
 func appendUser(dst []byte, m *mapper.Message, attributes bool) []byte {
 	if m.UserID != "" {
 		dst = append(dst, `"external_id":`...)
-		return httpapi.AppendString(dst, m.UserID)
+		return mapper.AppendJSONString(dst, m.UserID)
 	}
 	dst = append(dst, `"user_alias":{"alias_name":`...)
-	dst = httpapi.AppendString(dst, m.AnonymousID)
+	dst = mapper.AppendJSONString(dst, m.AnonymousID)
 	dst = append(dst, `,"alias_label":"`+AliasLabel+`"}`...)
 	if attributes {
 		dst = append(dst, `,"_update_existing_only":false`...)
@@ -163,10 +163,10 @@ func appendObject(dst []byte, m *mapper.Message, now time.Time) ([]byte, error) 
 			return dst, errors.New("braze needs a group id: the group message has no groupId")
 		}
 		dst = append(dst, '{')
-		dst = httpapi.AppendString(dst, GroupPrefix+m.GroupID)
+		dst = mapper.AppendJSONString(dst, GroupPrefix+m.GroupID)
 		dst = append(dst, ":true,"...)
 		if traits, some := httpapi.AppendMembers(nil, httpapi.Body(m)); some {
-			dst = httpapi.AppendString(dst, GroupPrefix+m.GroupID+"_traits")
+			dst = mapper.AppendJSONString(dst, GroupPrefix+m.GroupID+"_traits")
 			dst = append(dst, ":{"...)
 			dst = append(dst, traits...)
 			dst = append(dst, "},"...)
@@ -177,13 +177,13 @@ func appendObject(dst []byte, m *mapper.Message, now time.Time) ([]byte, error) 
 		dst = append(dst, '{')
 		dst = appendUser(dst, m, false)
 		dst = append(dst, `,"name":`...)
-		dst = httpapi.AppendString(dst, m.Event)
+		dst = mapper.AppendJSONString(dst, m.Event)
 		dst = append(dst, `,"time":`...)
 		ts := m.Timestamp()
 		if ts == "" {
 			ts = now.Format(time.RFC3339Nano) // Braze requires a time
 		}
-		dst = httpapi.AppendString(dst, ts)
+		dst = mapper.AppendJSONString(dst, ts)
 		dst = append(dst, `,"properties":`...)
 		dst = httpapi.AppendObject(dst, httpapi.Body(m), nil)
 		return append(dst, '}'), nil

@@ -300,13 +300,13 @@ func (d *Mixpanel) appendItem(dst []byte, m *mapper.Message, now time.Time) ([]b
 			ms = now.UnixMilli() // Mixpanel requires a time
 		}
 		dst = append(dst, `{"event":`...)
-		dst = httpapi.AppendString(dst, m.Event)
+		dst = mapper.AppendJSONString(dst, m.Event)
 		dst = append(dst, `,"properties":`...)
 		dst = httpapi.AppendObject(dst, httpapi.Body(m), func(dst []byte) []byte {
 			dst = append(dst, `"time":`...)
 			dst = httpapi.AppendInt(dst, ms)
 			dst = append(dst, `,"distinct_id":`...)
-			dst = httpapi.AppendString(dst, id)
+			dst = mapper.AppendJSONString(dst, id)
 			dst = append(dst, `,"$insert_id":`...)
 			return AppendInsertID(dst, m.ID)
 		})
@@ -317,7 +317,7 @@ func (d *Mixpanel) appendItem(dst []byte, m *mapper.Message, now time.Time) ([]b
 		}
 		dst = d.appendToken(dst)
 		dst = append(dst, `,"$distinct_id":`...)
-		dst = httpapi.AppendString(dst, id)
+		dst = mapper.AppendJSONString(dst, id)
 		dst = append(dst, `,"$set":`...)
 		dst = httpapi.AppendObject(dst, httpapi.Body(m), nil)
 		return append(dst, '}'), nil
@@ -327,9 +327,9 @@ func (d *Mixpanel) appendItem(dst []byte, m *mapper.Message, now time.Time) ([]b
 		}
 		dst = d.appendToken(dst)
 		dst = append(dst, `,"$group_key":`...)
-		dst = httpapi.AppendString(dst, d.groupKey)
+		dst = mapper.AppendJSONString(dst, d.groupKey)
 		dst = append(dst, `,"$group_id":`...)
-		dst = httpapi.AppendString(dst, m.GroupID)
+		dst = mapper.AppendJSONString(dst, m.GroupID)
 		dst = append(dst, `,"$set":`...)
 		dst = httpapi.AppendObject(dst, httpapi.Body(m), nil)
 		return append(dst, '}'), nil
@@ -346,17 +346,17 @@ func (d *Mixpanel) appendMembership(dst []byte, m *mapper.Message) ([]byte, erro
 	}
 	dst = d.appendToken(dst)
 	dst = append(dst, `,"$distinct_id":`...)
-	dst = httpapi.AppendString(dst, id)
+	dst = mapper.AppendJSONString(dst, id)
 	dst = append(dst, `,"$union":{`...)
-	dst = httpapi.AppendString(dst, d.groupKey)
+	dst = mapper.AppendJSONString(dst, d.groupKey)
 	dst = append(dst, ":["...)
-	dst = httpapi.AppendString(dst, m.GroupID)
+	dst = mapper.AppendJSONString(dst, m.GroupID)
 	return append(dst, "]}}"...), nil
 }
 
 func (d *Mixpanel) appendToken(dst []byte) []byte {
 	dst = append(dst, `{"$token":`...)
-	return httpapi.AppendString(dst, d.token)
+	return mapper.AppendJSONString(dst, d.token)
 }
 
 // AppendInsertID appends the $insert_id of a messageId: the id itself when Mixpanel
