@@ -346,12 +346,5 @@ func (d *Braze) Close(context.Context) error {
 // without the users.track permission (401, 403); any other answer (a 400 asking for
 // data) proves the endpoint reachable. Nothing is sent.
 func (d *Braze) Check(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	safe := destinations.RedactURL(d.url)
-	resp, err := d.client.Post(ctx, d.url, "application/json", []byte("{}"), d.auth)
-	if err != nil {
-		return fmt.Errorf("checking %s: %w", safe, err)
-	}
-	return httpapi.CheckAnswer("checking "+safe+": Braze", resp)
+	return d.client.CheckPost(ctx, "Braze", d.url, []byte("{}"), d.auth)
 }

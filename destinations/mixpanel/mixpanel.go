@@ -485,12 +485,5 @@ func (d *Mixpanel) Close(context.Context) error {
 // refuses bad credentials (401, 403); any other answer proves the API reachable. The
 // token of profile updates cannot be checked without sending one. Nothing is sent.
 func (d *Mixpanel) Check(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	safe := destinations.RedactURL(d.importURL)
-	resp, err := d.client.Post(ctx, d.importURL, "application/json", []byte("[]"), d.importAuth)
-	if err != nil {
-		return fmt.Errorf("checking %s: %w", safe, err)
-	}
-	return httpapi.CheckAnswer("checking "+safe+": Mixpanel", resp)
+	return d.client.CheckPost(ctx, "Mixpanel", d.importURL, []byte("[]"), d.importAuth)
 }

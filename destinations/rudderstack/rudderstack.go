@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
@@ -148,12 +147,5 @@ func (d *RudderStack) Close(context.Context) error {
 // Check posts an empty batch with the write key: the data plane refuses an unknown key
 // (401, 403); any other answer proves it reachable. No message is sent.
 func (d *RudderStack) Check(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	safe := destinations.RedactURL(d.url)
-	resp, err := d.client.Post(ctx, d.url, "application/json", []byte(`{"batch":[]}`), d.auth)
-	if err != nil {
-		return fmt.Errorf("checking %s: %w", safe, err)
-	}
-	return httpapi.CheckAnswer("checking "+safe+": RudderStack", resp)
+	return d.client.CheckPost(ctx, "RudderStack", d.url, []byte(`{"batch":[]}`), d.auth)
 }

@@ -187,3 +187,17 @@ func CheckAnswer(what string, r *Response) error {
 	}
 	return nil
 }
+
+// CheckPost is `backflow check` for an API that accepts an empty request: it posts body
+// (which carries no data) to url with header, within 10 seconds, and judges the answer
+// with CheckAnswer. api names the service in the messages.
+func (c *Client) CheckPost(ctx context.Context, api, url string, body []byte, header http.Header) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	safe := destinations.RedactURL(url)
+	resp, err := c.Post(ctx, url, "application/json", body, header)
+	if err != nil {
+		return fmt.Errorf("checking %s: %w", safe, err)
+	}
+	return CheckAnswer("checking "+safe+": "+api, resp)
+}
