@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
@@ -172,31 +173,39 @@ func (b *batch) count() {
 	}
 }
 
-// lastOfEachRow keeps, of the rows that land on the same table row — identify/group
-// rows of one type and key, track rows of one messageId — the last one, in order.
+// lastOfEachRow keeps one row of those that land on the same table row: of track rows
+// of one messageId the last; of identify/group rows of one type and key the newest by
+// timestamp, the last of equals (or when one has no timestamp) — the rule the upsert
+// applies to the row already in the table.
 func lastOfEachRow(rows []row) []row {
 	type id struct {
 		track    bool
 		typ, key string
 	}
-	seen := make(map[id]bool, len(rows))
-	keep := make([]bool, len(rows))
+	best := make(map[id]int, len(rows))
 	dup := false
-	for i := len(rows) - 1; i >= 0; i-- {
+	for i := range rows {
 		r := &rows[i]
 		k := id{track: r.track(), typ: r.msg.Type, key: r.key}
 		if k.track {
 			k.key = r.msg.ID
 		}
-		if seen[k] {
-			dup = true
+		j, seen := best[k]
+		if !seen {
+			best[k] = i
 			continue
 		}
-		seen[k] = true
-		keep[i] = true
+		dup = true
+		if k.track || !olderThan(r.msg, rows[j].msg) {
+			best[k] = i
+		}
 	}
 	if !dup {
 		return rows
+	}
+	keep := make([]bool, len(rows))
+	for _, i := range best {
+		keep[i] = true
 	}
 	out := rows[:0]
 	for i := range rows {
@@ -205,6 +214,14 @@ func lastOfEachRow(rows []row) []row {
 		}
 	}
 	return out
+}
+
+// olderThan reports whether a's timestamp is before b's; false when either has none (or
+// one that is not RFC 3339: the server parses those, and refuses the message if it must).
+func olderThan(a, b *mapper.Message) bool {
+	ta, errA := time.Parse(time.RFC3339Nano, a.Timestamp())
+	tb, errB := time.Parse(time.RFC3339Nano, b.Timestamp())
+	return errA == nil && errB == nil && ta.Before(tb)
 }
 
 func (d *Destination) keyOf(m *mapper.Message) string {

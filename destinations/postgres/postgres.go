@@ -341,9 +341,13 @@ func (d *Destination) moveSQL(b *batch) (upsert, insert string) {
 	into := fmt.Sprintf(`INSERT INTO %s AS t (%s, "updated_at") SELECT %s, now() FROM pg_temp.%s`, d.ident, list.String(), list.String(), tempTable)
 	// A row that already holds this very message (a replay, or a full sync of unchanged
 	// rows: the messageId is a hash of the mapped content) is left as it is, instead of
-	// being rewritten as a new row version for nothing.
+	// being rewritten as a new row version for nothing. A message older than the row's
+	// (both with a timestamp) does not overwrite it either: batches commit concurrently
+	// and rows of several files reach them in no set order, so the commit order is not
+	// the data's.
 	upsert = into + ` WHERE "type" <> 'track' ON CONFLICT ("type", "key") WHERE "type" <> 'track' DO UPDATE SET ` + set.String() +
-		` WHERE t."message_id" IS DISTINCT FROM EXCLUDED."message_id"`
+		` WHERE t."message_id" IS DISTINCT FROM EXCLUDED."message_id"` +
+		` AND (t."timestamp" IS NULL OR EXCLUDED."timestamp" IS NULL OR EXCLUDED."timestamp" >= t."timestamp")`
 	insert = into + ` WHERE "type" = 'track' ON CONFLICT ("message_id") WHERE "type" = 'track' DO NOTHING`
 	return upsert, insert
 }

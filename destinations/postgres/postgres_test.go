@@ -126,6 +126,42 @@ func TestUpsertOverRuns(t *testing.T) {
 	}
 }
 
+// TestOlderMessageDoesNotOverwrite: batches commit concurrently and rows of several
+// files reach them in no set order, so an identify row keeps the newest message by
+// timestamp — across batches and within one — and the last one when a timestamp is
+// missing or equal.
+func TestOlderMessageDoesNotOverwrite(t *testing.T) {
+	for _, layout := range []string{LayoutColumns, LayoutJSONB} {
+		t.Run(layout, func(t *testing.T) {
+			e := newEnv(t)
+			d := open(t, e.cfg("users", layout))
+			msg := func(id, user, plan, ts string) mapper.Message {
+				return destinationstest.NewMessage("identify", id, user, `{"plan":"`+plan+`"}`, ts)
+			}
+			const older, newer = "2024-01-01T00:00:00Z", "2024-06-01T00:00:00.5Z"
+			mustWrite(t, d, []mapper.Message{msg("a1", "u1", "new", newer), msg("b1", "u2", "new", newer), msg("c1", "u3", "old", older)})
+			mustWrite(t, d, []mapper.Message{
+				msg("a2", "u1", "old", older),                                // older than the row: kept out
+				msg("b2", "u2", "new", newer), msg("b3", "u2", "old", older), // newest of the batch wins
+				msg("c2", "u3", "none", ""), // no timestamp: the last wins
+			})
+			plan := `"plan"`
+			if layout == LayoutJSONB {
+				plan = `traits->>'plan'`
+			}
+			for user, want := range map[string]string{"u1": "new", "u2": "new", "u3": "none"} {
+				var got string
+				if err := e.admin.QueryRow(context.Background(), `SELECT `+plan+` FROM users WHERE type = 'identify' AND key = $1`, user).Scan(&got); err != nil {
+					t.Fatal(err)
+				}
+				if got != want {
+					t.Errorf("%s: plan %q, want %q", user, got, want)
+				}
+			}
+		})
+	}
+}
+
 // TestReplay: a batch written again (a run killed after the commit, before its
 // checkpoint) adds no row and changes no row, not even its updated_at.
 func TestReplay(t *testing.T) {
