@@ -12,6 +12,7 @@ import (
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations/all"
+	"github.com/backflowhq/backflow/internal/arrowmem"
 	"github.com/backflowhq/backflow/mapper"
 	"github.com/backflowhq/backflow/reader"
 	"github.com/backflowhq/backflow/schema"
@@ -55,12 +56,13 @@ func mapInProcess(ctx context.Context, cfgPath, out string, workers int, env []s
 	if len(listing.Objects) == 0 {
 		return 0, fmt.Errorf("%s: no Parquet file", s.Source.URL)
 	}
+	buffers := arrowmem.NewPool(0) // one for the run's files, as pipeline.Run
 	open := func(obj reader.Object) (*reader.File, error) {
 		blob, err := src.Open(ctx, obj)
 		if err != nil {
 			return nil, err
 		}
-		f, err := reader.OpenFile(ctx, blob, obj, reader.FileOptions{BatchSize: batchRows, BufferSize: bufferBytes, MemoryBudget: readBytes})
+		f, err := reader.OpenFile(ctx, blob, obj, reader.FileOptions{BatchSize: batchRows, BufferSize: bufferBytes, MemoryBudget: readBytes, Allocator: buffers})
 		if err != nil {
 			blob.Close()
 			return nil, err

@@ -17,6 +17,7 @@ import (
 
 	"github.com/backflowhq/backflow/config"
 	"github.com/backflowhq/backflow/destinations"
+	"github.com/backflowhq/backflow/internal/arrowmem"
 	"github.com/backflowhq/backflow/mapper"
 	"github.com/backflowhq/backflow/reader"
 	"github.com/backflowhq/backflow/schema"
@@ -137,7 +138,8 @@ type run struct {
 	rejects   *rejectsWriter
 	hashRec   *hashRecorder
 	saver     *saver
-	events    *events // what the sync's queue told (event-driven discovery), else nil
+	events    *events        // what the sync's queue told (event-driven discovery), else nil
+	buffers   *arrowmem.Pool // Arrow buffers, reused from file to file
 
 	// readCtx ends reading: a signal, or fail. deliverCtx bounds writes: it outlives a
 	// signal by Grace.
@@ -210,6 +212,7 @@ func newRun(opts Options) *run {
 		obs:      opts.Observer,
 		fileErrs: map[string]string{},
 		rejects:  &rejectsWriter{},
+		buffers:  arrowmem.NewPool(0),
 	}
 	r.log = opts.Logger.With("sync", opts.Sync.Name, "run_id", opts.RunID)
 	if opts.Shard.Sharded() {
@@ -609,7 +612,7 @@ func (r *run) openFile(ctx context.Context, src reader.Source, obj reader.Object
 	if err != nil {
 		return nil, err
 	}
-	f, err := reader.OpenFile(ctx, blob, obj, reader.FileOptions{BatchSize: r.opts.BatchRows, BufferSize: r.opts.BufferBytes, MemoryBudget: r.opts.ReadBytes})
+	f, err := reader.OpenFile(ctx, blob, obj, reader.FileOptions{BatchSize: r.opts.BatchRows, BufferSize: r.opts.BufferBytes, MemoryBudget: r.opts.ReadBytes, Allocator: r.buffers})
 	if err != nil {
 		blob.Close()
 		return nil, err

@@ -15,6 +15,8 @@ import (
 	"github.com/apache/arrow-go/v18/parquet/file"
 	"github.com/apache/arrow-go/v18/parquet/metadata"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
+
+	"github.com/backflowhq/backflow/internal/arrowmem"
 )
 
 const (
@@ -55,7 +57,8 @@ type FileOptions struct {
 	// columns (never below MinBufferSize nor above BufferSize), so that a wide table's
 	// buffers do not multiply with its columns.
 	MemoryBudget int64
-	// Allocator allocates Arrow memory; nil means memory.DefaultAllocator.
+	// Allocator allocates Arrow memory; nil means an arrowmem.Pool of the file's own. Files
+	// read one after the other share a pool best: pass one.
 	Allocator memory.Allocator
 }
 
@@ -141,7 +144,7 @@ func OpenFile(ctx context.Context, blob Blob, obj Object, opts FileOptions) (f *
 		opts.BufferSize = DefaultBufferSize
 	}
 	if opts.Allocator == nil {
-		opts.Allocator = memory.DefaultAllocator
+		opts.Allocator = arrowmem.NewPool(0)
 	}
 
 	size := blob.Size()
