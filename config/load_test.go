@@ -145,7 +145,7 @@ func checkFull(t *testing.T, c *config.Config, dir string) {
 	eq("stdout", s.Destinations[3].Name, "stdout")
 	eq("s3", s.Destinations[4], config.Destination{
 		Type: "s3", Name: "lake", MaxInFlight: 1, Retry: config.Retry{MaxAttempts: 8, MaxBackoff: 30 * time.Second},
-		Timeout: 30 * time.Second, BatchSize: 2000, Options: &s3.Options{URL: "s3://acme-lake/backflow/",
+		Timeout: 30 * time.Second, BatchSize: 1000, Options: &s3.Options{URL: "s3://acme-lake/backflow/",
 			S3Options: config.S3Options{Endpoint: "http://127.0.0.1:9000", Region: "eu-west-1", PathStyle: true,
 				Auth: config.Auth{Mode: "role", RoleARN: "arn:aws:iam::123456789012:role/backflow", ExternalID: "external-id-value"}},
 			Key: "{stream_name}/{date}/{connection_run_id}-{part}.{extension}", Format: "csv", Compression: "gzip",
@@ -395,7 +395,7 @@ func TestDefaults(t *testing.T) {
 	want := []struct {
 		name            string
 		inFlight, batch int
-	}{{"segment", 4, 1000}, {"webhook", 4, 500}, {"file", 1, 5000}, {"stdout", 1, 1000}, {"s3", 1, 2000}}
+	}{{"segment", 4, 1000}, {"webhook", 4, 500}, {"file", 1, 5000}, {"stdout", 1, 1000}, {"s3", 1, 1000}}
 	for i, w := range want {
 		d := s.Destinations[i]
 		if d.Name != w.name || d.MaxInFlight != w.inFlight || d.BatchSize != w.batch || d.RateLimit != 0 ||

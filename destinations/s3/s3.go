@@ -223,7 +223,7 @@ func (o *Options) Secrets() []string {
 func Kind() destinations.Kind {
 	return destinations.Kind{
 		Type: Type,
-		Kind: config.Kind{MaxInFlight: 1, BatchSize: 2000, NewOptions: func() config.Options { return &Options{} }},
+		Kind: config.Kind{MaxInFlight: 1, BatchSize: 1000, NewOptions: func() config.Options { return &Options{} }},
 		New:  New,
 	}
 }
