@@ -194,15 +194,7 @@ func cfgFor(url string, o *mixpanel.Options) config.Destination {
 }
 
 func build(t testing.TB, cfg config.Destination) destinations.Destination {
-	t.Helper()
-	r := destinations.NewRegistry()
-	r.Register(mixpanel.Kind())
-	d, err := r.New(context.Background(), cfg, destinations.Env{Version: "1.2.3"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close(context.Background()) })
-	return d
+	return destinationstest.Build(t, mixpanel.Kind(), cfg)
 }
 
 func TestSuite(t *testing.T) {

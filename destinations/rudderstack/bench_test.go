@@ -1,7 +1,6 @@
 package rudderstack_test
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -22,13 +21,5 @@ func BenchmarkWrite(b *testing.B) {
 	defer srv.Close()
 	d := build(b, cfgFor(srv.URL, key))
 	msgs := destinationstest.Messages("bench", 1000)
-	b.ReportAllocs()
-	n := 0
-	for b.Loop() {
-		if err := d.Write(context.Background(), msgs); err != nil {
-			b.Fatal(err)
-		}
-		n += len(msgs)
-	}
-	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "msgs/s")
+	destinationstest.BenchmarkWrites(b, d, msgs)
 }

@@ -34,15 +34,7 @@ func cfgFor(url, writeKey string) config.Destination {
 }
 
 func build(t testing.TB, cfg config.Destination) destinations.Destination {
-	t.Helper()
-	r := destinations.NewRegistry()
-	r.Register(rudderstack.Kind())
-	d, err := r.New(context.Background(), cfg, destinations.Env{Version: "1.2.3"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close(context.Background()) })
-	return d
+	return destinationstest.Build(t, rudderstack.Kind(), cfg)
 }
 
 func TestSuite(t *testing.T) {

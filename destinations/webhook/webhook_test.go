@@ -29,14 +29,7 @@ func cfgFor(url string, gzip bool) config.Destination {
 }
 
 func build(t testing.TB, cfg config.Destination) destinations.Destination {
-	t.Helper()
-	r := destinations.NewRegistry()
-	r.Register(webhook.Kind())
-	d, err := r.New(context.Background(), cfg, destinations.Env{Version: "1.2.3"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return destinationstest.Build(t, webhook.Kind(), cfg)
 }
 
 func TestSuite(t *testing.T) {
