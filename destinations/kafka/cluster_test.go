@@ -256,6 +256,13 @@ func (k *cluster) FailNext(n int) {
 	k.c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: testTopic, Err: kerr.NotEnoughReplicas, Count: n})
 }
 
+// FailAll makes the broker answer every produce request NOT_ENOUGH_REPLICAS until the
+// returned func is called.
+func (k *cluster) FailAll() (stop func()) {
+	h := k.c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: testTopic, Err: kerr.NotEnoughReplicas, Count: -1})
+	return h.Remove
+}
+
 // Stall holds every later produce request until release (or the cluster closes).
 func (k *cluster) Stall() (<-chan struct{}, func()) {
 	arrived, release := make(chan struct{}), make(chan struct{})
