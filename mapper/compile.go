@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/apache/arrow-go/v18/arrow"
 
@@ -65,7 +66,8 @@ type Mapper struct {
 
 	noID, noGroup, noEvent string // reject reasons
 
-	pool sync.Pool // *state
+	pool    sync.Pool    // *state
+	avgSize atomic.Int64 // bytes per message of the last Map call: sizes the next call's first chunk
 }
 
 // sourceColumn is a column of the schema the mapping reads.
@@ -138,6 +140,7 @@ func New(opts Options) (*Mapper, error) {
 		m.noEvent = fmt.Sprintf("no event: event_column (%s) is null or empty", m.eventCol.name)
 	}
 	m.pool.New = func() any { return new(state) }
+	m.avgSize.Store(firstGuess)
 	return m, nil
 }
 

@@ -84,7 +84,7 @@ func newEncoder(arr arrow.Array) encoder {
 	case *array.Float64:
 		return float64Encoder{v, a.Values()}
 	case *array.String:
-		return stringEncoder[*array.String]{v, a}
+		return utf8Encoder{v, utf8ValuesOf(a)}
 	case *array.LargeString:
 		return stringEncoder[*array.LargeString]{v, a}
 	case *array.StringView:
@@ -234,6 +234,33 @@ type stringEncoder[A interface{ Value(int) string }] struct {
 
 func (e stringEncoder[A]) appendValue(dst []byte, i int) []byte {
 	return appendString(dst, e.a.Value(i))
+}
+
+// utf8Values are the offsets and bytes of an *array.String, the type Parquet strings are
+// read as. Reading them directly costs less than the generic encoders' Value, an indirect
+// call for every value (the type parameters of pointer types share one instantiation).
+type utf8Values struct {
+	offsets []int32 // from the array's offset: value i is bytes[offsets[i]:offsets[i+1]]
+	bytes   []byte
+}
+
+func utf8ValuesOf(a *array.String) utf8Values {
+	v := utf8Values{offsets: a.ValueOffsets()}
+	if buf := a.Data().Buffers()[2]; buf != nil {
+		v.bytes = buf.Bytes()
+	}
+	return v
+}
+
+func (v utf8Values) value(i int) []byte { return v.bytes[v.offsets[i]:v.offsets[i+1]] }
+
+type utf8Encoder struct {
+	validity
+	values utf8Values
+}
+
+func (e utf8Encoder) appendValue(dst []byte, i int) []byte {
+	return appendString(dst, e.values.value(i))
 }
 
 type binaryEncoder[A interface{ Value(int) []byte }] struct {

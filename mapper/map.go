@@ -4,25 +4,31 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"strconv"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 )
 
-// chunkSize bounds the buffers messages are copied into: every message of a Map call
+// chunkSize bounds the buffers messages are encoded into: every message of a Map call
 // lives in a few shared chunks rather than one allocation each.
 const chunkSize = 1 << 20
+
+// firstGuess is the size of a message assumed before a Mapper has encoded one: it sizes the
+// first chunk of the first Map call (later calls use the last call's average).
+const firstGuess = 512
 
 // maxPooled bounds the scratch buffers a Map call hands back to the pool.
 const maxPooled = 8 << 20
 
 // state is the scratch space of one Map call, pooled between calls.
 type state struct {
-	buf   []byte // the message being encoded, after Mapper.prefix
 	ids   []byte // the identifier texts, message ids and keys of the call's messages
 	key   []byte // the text a Key is hashed from
 	tmp   []byte
+	sum   [sha256.Size]byte
+	hash  hash.Hash // SHA-256 of the messageId
 	spans []spans
 	encs  []encoder
 }
@@ -50,10 +56,7 @@ func (m *Mapper) Map(rec arrow.RecordBatch, firstRow int64, msgs []Message, reje
 	defer func() {
 		clear(st.encs) // let the record's arrays go
 		st.encs = st.encs[:0]
-		if cap(st.buf) > maxPooled {
-			st.buf = nil // one huge row should not pin its buffer for good
-		}
-		if cap(st.ids) > maxPooled {
+		if cap(st.ids) > maxPooled { // one huge row should not pin its buffer for good
 			st.ids = nil
 		}
 		m.pool.Put(st)
@@ -80,15 +83,30 @@ func (m *Mapper) Map(rec arrow.RecordBatch, firstRow int64, msgs []Message, reje
 	}
 
 	st.ids, st.spans = st.ids[:0], st.spans[:0]
-	prefix := len(m.prefix)
-	buf := append(st.buf[:0], m.prefix...)
+	if st.hash == nil {
+		st.hash = sha256.New()
+	}
+	// Each message is encoded straight into the free space of the current chunk, so that it
+	// is written once: a chunk is allocated when the free space is smaller than the largest
+	// message so far (need). A message larger than the free space grows out of it, into an
+	// array of its own that append allocates; that array becomes the current chunk.
 	var chunk []byte
-	written := 0 // bytes of messages so far, to size the next chunk
+	written, count := 0, 0 // bytes and number of the call's messages, to size the next chunk
+	need := max(int(m.avgSize.Load()), 64)
 	for i := range n {
 		row := firstRow + int64(i)
 		ids0 := len(st.ids)
 		var sp spans
-		buf = append(buf[:prefix], m.head...)
+		if cap(chunk)-len(chunk) < need {
+			avg := need
+			if count > 0 {
+				avg = written / count
+			}
+			// Enough for the rest of the record at the average size so far.
+			chunk = make([]byte, 0, max(min(chunkSize, avg*(n-i)+need), 2*need))
+		}
+		start := len(chunk)
+		buf := append(chunk[start:start], m.head...)
 
 		var ok bool
 		if b.user != nil {
@@ -139,7 +157,10 @@ func (m *Mapper) Map(rec arrow.RecordBatch, firstRow int64, msgs []Message, reje
 
 		// The messageId hashes the sync name and everything so far: type, identifiers,
 		// event, body and timestamp, in an encoding that is the same for the same content.
-		sum := sha256.Sum256(buf)
+		st.hash.Reset()
+		st.hash.Write(m.prefix)
+		st.hash.Write(buf)
+		sum := st.hash.Sum(st.sum[:0])
 		buf = append(buf, `,"messageId":"`...)
 		idStart := len(buf)
 		buf = append(buf, "bf-"...)
@@ -148,13 +169,12 @@ func (m *Mapper) Map(rec arrow.RecordBatch, firstRow int64, msgs []Message, reje
 		buf = append(buf, '"')
 		buf = append(buf, m.tail...)
 
-		msg := buf[prefix:]
-		if m.maxBytes > 0 && int64(len(msg)) > m.maxBytes {
+		if m.maxBytes > 0 && int64(len(buf)) > m.maxBytes {
 			st.ids = st.ids[:ids0]
 			rejects = append(rejects, Reject{
 				Row:     row,
-				Reason:  fmt.Sprintf("message is %d bytes, over max_record_bytes (%d)", len(msg), m.maxBytes),
-				Message: append([]byte(nil), msg...),
+				Reason:  fmt.Sprintf("message is %d bytes, over max_record_bytes (%d)", len(buf), m.maxBytes),
+				Message: append([]byte(nil), buf...),
 			})
 			continue
 		}
@@ -168,32 +188,29 @@ func (m *Mapper) Map(rec arrow.RecordBatch, firstRow int64, msgs []Message, reje
 			sp.key = span{start, len(st.ids)}
 		}
 
-		if cap(chunk)-len(chunk) < len(msg) {
-			size := chunkSize
-			if len(st.spans) > 0 {
-				// Enough for the rest of the record at the average size so far.
-				size = min(size, written/len(st.spans)*(n-i)+len(msg))
-			} else {
-				size = min(size, len(msg)*n)
-			}
-			chunk = make([]byte, 0, max(size, len(msg)))
+		if cap(buf) == cap(chunk)-start {
+			chunk = chunk[:start+len(buf)] // written in place
+		} else {
+			chunk = buf // grown out of the chunk: the message's own array is the chunk now
 		}
-		off := len(chunk)
-		chunk = append(chunk, msg...)
-		written += len(msg)
+		written += len(buf)
+		count++
+		need = max(need, len(buf))
 		msgs = append(msgs, Message{
 			Row:            row,
 			Type:           m.typ,
 			Event:          m.event,
-			JSON:           chunk[off:len(chunk):len(chunk)],
-			BodyStart:      bodyStart - prefix,
-			BodyEnd:        bodyEnd - prefix,
-			TimestampStart: max(tsStart-prefix, 0),
-			TimestampEnd:   max(tsEnd-prefix, 0),
+			JSON:           buf[:len(buf):len(buf)],
+			BodyStart:      bodyStart,
+			BodyEnd:        bodyEnd,
+			TimestampStart: tsStart,
+			TimestampEnd:   tsEnd,
 		})
 		st.spans = append(st.spans, sp)
 	}
-	st.buf = buf
+	if count > 0 {
+		m.avgSize.Store(int64(written / count))
+	}
 
 	// One string holds every identifier, id and key of the call: the messages slice it.
 	all := string(st.ids)
@@ -359,7 +376,7 @@ func newIDReader(arr arrow.Array) idReader {
 	v := validityOf(arr)
 	switch a := arr.(type) {
 	case *array.String:
-		return stringID[*array.String]{v, a}
+		return utf8ID{v, utf8ValuesOf(a)}
 	case *array.LargeString:
 		return stringID[*array.LargeString]{v, a}
 	case *array.StringView:
@@ -407,6 +424,18 @@ func (r stringID[A]) appendID(dst []byte, i int) ([]byte, bool) {
 		return dst, false
 	}
 	return appendValidUTF8(dst, r.a.Value(i)), true
+}
+
+type utf8ID struct {
+	validity
+	values utf8Values
+}
+
+func (r utf8ID) appendID(dst []byte, i int) ([]byte, bool) {
+	if r.isNull(i) {
+		return dst, false
+	}
+	return appendValidUTF8(dst, r.values.value(i)), true
 }
 
 type intID[T int8 | int16 | int32 | int64] struct {
