@@ -87,23 +87,24 @@ func (m *Mapper) Map(rec arrow.RecordBatch, firstRow int64, msgs []Message, reje
 		st.hash = sha256.New()
 	}
 	// Each message is encoded straight into the free space of the current chunk, so that it
-	// is written once: a chunk is allocated when the free space is smaller than the largest
-	// message so far (need). A message larger than the free space grows out of it, into an
-	// array of its own that append allocates; that array becomes the current chunk.
+	// is written once. A chunk is allocated when the free space is less than twice the
+	// average message: a message larger than the free space grows out of it, into an
+	// array of its own that append allocates, and that array becomes the current chunk.
+	// (Sizing by the largest message instead would leave up to that much unused at the end
+	// of every chunk after one huge row.)
 	var chunk []byte
-	written, count := 0, 0 // bytes and number of the call's messages, to size the next chunk
-	need := max(int(m.avgSize.Load()), 64)
+	written, count := 0, 0 // bytes and number of the call's messages so far
+	avg := max(int(m.avgSize.Load()), 32)
 	for i := range n {
 		row := firstRow + int64(i)
 		ids0 := len(st.ids)
 		var sp spans
-		if cap(chunk)-len(chunk) < need {
-			avg := need
-			if count > 0 {
-				avg = written / count
-			}
+		if count > 0 {
+			avg = max(written/count, 32)
+		}
+		if cap(chunk)-len(chunk) < 2*avg {
 			// Enough for the rest of the record at the average size so far.
-			chunk = make([]byte, 0, max(min(chunkSize, avg*(n-i)+need), 2*need))
+			chunk = make([]byte, 0, min(chunkSize, avg*(n-i)+2*avg))
 		}
 		start := len(chunk)
 		buf := append(chunk[start:start], m.head...)
@@ -195,7 +196,6 @@ func (m *Mapper) Map(rec arrow.RecordBatch, firstRow int64, msgs []Message, reje
 		}
 		written += len(buf)
 		count++
-		need = max(need, len(buf))
 		msgs = append(msgs, Message{
 			Row:            row,
 			Type:           m.typ,
