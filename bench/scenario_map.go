@@ -143,7 +143,8 @@ func scenarioMap(ctx context.Context, e *env, res *results) error {
 	duckSide2 := duckSide(duckMin, db, d.files, false, filepath.Join(dir, "duck", "out-min.json"), d.rows)
 
 	res.comparisons = append(res.comparisons,
-		comparison{"map", "backflow sync ÷ DuckDB, 5 fields", cli, duckMin, 1.0},
+		// For context only: the whole sync against the plain export (docs/performance.md).
+		comparison{"map", "backflow sync ÷ DuckDB, 5 fields", cli, duckMin, 0},
 		comparison{"map", "backflow sync ÷ DuckDB, same fields", cli, duck, 1.0},
 		comparison{"map", "reader+mapper ÷ DuckDB, 5 fields", inproc, duckMin, 0.9},
 		comparison{"map", "reader+mapper ÷ DuckDB, same fields", inproc, duck, 1.0},
