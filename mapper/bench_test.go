@@ -91,3 +91,22 @@ func BenchmarkMap(b *testing.B) {
 	b.ReportMetric(float64(after.Mallocs-before.Mallocs)/n, "allocs/msg")
 	b.ReportMetric(float64(bytes)/n, "bytes/msg")
 }
+
+// BenchmarkTimestamp converts instants one second apart (an export in time order), with
+// and without the message timestamp's minute cache.
+func BenchmarkTimestamp(b *testing.B) {
+	const start = 1735693696 // 2025-01-01T01:08:16Z
+	b.Run("conversion=plain", func(b *testing.B) {
+		dst := make([]byte, 0, 64)
+		for i := 0; b.Loop(); i++ {
+			dst = appendTimestamp(dst[:0], start+int64(i), 27416000)
+		}
+	})
+	b.Run("conversion=cached", func(b *testing.B) {
+		dst := make([]byte, 0, 64)
+		var c minuteCache
+		for i := 0; b.Loop(); i++ {
+			dst = c.appendTimestamp(dst[:0], start+int64(i), 27416000)
+		}
+	})
+}

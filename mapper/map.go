@@ -27,6 +27,7 @@ type state struct {
 	ids   []byte // the identifier texts, message ids and keys of the call's messages
 	key   []byte // the text a Key is hashed from
 	tmp   []byte
+	clock minuteCache // the messages' timestamps
 	sum   [sha256.Size]byte
 	hash  hash.Hash // SHA-256 of the messageId
 	spans []spans
@@ -515,12 +516,39 @@ func newTSReader(arr arrow.Array) tsReader {
 
 type timestampTS struct{ e timestampEncoder }
 
-func (r timestampTS) appendTimestamp(dst []byte, i int, _ *state) ([]byte, bool) {
+func (r timestampTS) appendTimestamp(dst []byte, i int, st *state) ([]byte, bool) {
 	if r.e.isNull(i) {
 		return dst, false
 	}
 	sec, nsec := r.e.instant(i)
-	return appendTimestamp(dst, sec, nsec), true
+	return st.clock.appendTimestamp(dst, sec, nsec), true
+}
+
+// minuteCache is appendTimestamp remembering the text of the last minute it wrote: exports
+// are often in time order, and then row after row shares its date, hour and minute, which
+// cost most of the conversion.
+type minuteCache struct {
+	minute int64  // seconds since the epoch / 60
+	prefix []byte // "YYYY-MM-DDTHH:MM:" of minute; empty when none is remembered
+}
+
+func (c *minuteCache) appendTimestamp(dst []byte, sec, nsec int64) []byte {
+	minute, s := floorDiv(sec, 60)
+	if len(c.prefix) == 0 || minute != c.minute {
+		start := len(dst)
+		dst = appendTimestamp(dst, sec, nsec)
+		c.prefix = c.prefix[:0]
+		// Only four-digit years have the fixed-width form (not +10000 or -0001).
+		if b := dst[start]; b != '+' && b != '-' {
+			c.prefix = append(c.prefix, dst[start:start+len("2006-01-02T15:04:")]...)
+			c.minute = minute
+		}
+		return dst
+	}
+	dst = append(dst, c.prefix...)
+	dst = append2(dst, int(s))
+	dst = appendFraction(dst, nsec)
+	return append(dst, 'Z')
 }
 
 type dateTS struct {

@@ -134,3 +134,41 @@ func TestMessagesOfEverySize(t *testing.T) {
 		rec.Release()
 	}
 }
+
+// TestMinuteCache compares the message timestamp's cached conversion with the plain one
+// over random walks of instants: in time order (the cache's case), shuffled, around minute
+// and day boundaries, before 1970, and around the years 0 and 10000 where the text
+// changes width.
+func TestMinuteCache(t *testing.T) {
+	const y10000 = 253402300800 // 10000-01-01T00:00:00Z
+	const y0 = -62167219200     // 0000-01-01T00:00:00Z
+	starts := []int64{0, -1, 1735693696, 951782399 /* 2000-02-28T23:59:59 */, y10000 - 90, y0 - 90, y0 + 30, -86400*365*3 - 7}
+	for seed := range 50 {
+		rng := rand.New(rand.NewPCG(uint64(seed), 11))
+		var c minuteCache
+		sec := starts[seed%len(starts)]
+		for i := range 2000 {
+			switch rng.IntN(6) {
+			case 0:
+				sec += int64(rng.IntN(3)) // the same minute, mostly
+			case 1:
+				sec -= int64(rng.IntN(120)) // backwards
+			case 2:
+				sec += int64(rng.IntN(200000))
+			case 3:
+				sec = starts[rng.IntN(len(starts))] + int64(rng.IntN(200)) - 100
+			default:
+				sec++
+			}
+			nsec := int64(rng.IntN(1e9))
+			if rng.IntN(3) == 0 {
+				nsec = 0
+			}
+			got := string(c.appendTimestamp([]byte("x"), sec, nsec))
+			want := string(appendTimestamp([]byte("x"), sec, nsec))
+			if got != want {
+				t.Fatalf("seed %d step %d: %d.%09d gives %q, want %q", seed, i, sec, nsec, got, want)
+			}
+		}
+	}
+}
