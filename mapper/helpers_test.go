@@ -2,14 +2,17 @@ package mapper
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -391,6 +394,41 @@ func checkMessages(t testing.TB, msgs []Message) {
 		}
 		if cap(m.JSON) != len(m.JSON) {
 			t.Errorf("row %d: JSON has spare capacity: an append would overwrite the next message", m.Row)
+		}
+	}
+}
+
+// checkIsolated fails unless the messages' JSON share no byte of memory and appending to
+// one message's JSON leaves every other message as it was.
+func checkIsolated(t testing.TB, msgs []Message) {
+	t.Helper()
+	type extent struct {
+		start, end uintptr
+		k          int
+	}
+	var extents []extent
+	for k := range msgs {
+		if len(msgs[k].JSON) > 0 {
+			start := uintptr(unsafe.Pointer(unsafe.SliceData(msgs[k].JSON)))
+			extents = append(extents, extent{start, start + uintptr(len(msgs[k].JSON)), k})
+		}
+	}
+	slices.SortFunc(extents, func(a, b extent) int { return cmp.Compare(a.start, b.start) })
+	for j := 1; j < len(extents); j++ {
+		if extents[j].start < extents[j-1].end {
+			t.Fatalf("messages %d and %d share memory", extents[j-1].k, extents[j].k)
+		}
+	}
+	before := make([]string, len(msgs))
+	for k := range msgs {
+		before[k] = string(msgs[k].JSON)
+	}
+	for k := range msgs {
+		_ = append(msgs[k].JSON, "XXXXXXXX"...)
+	}
+	for k := range msgs {
+		if string(msgs[k].JSON) != before[k] {
+			t.Fatalf("appending to another message changed message %d", k)
 		}
 	}
 }
