@@ -358,20 +358,34 @@ func (l *s3Lease) Err() error {
 
 // renew extends the lease every ttl/3 until Release. A renewal that fails is tried
 // again at the next tick; the lease is lost when another run wrote the object, or when
-// it expired without a successful renewal.
+// no renewal succeeded by a quarter of the ttl before it expires. That quarter is the
+// time the run has to stop sending (and the clocks to disagree) before another run may
+// take the lease over at its expiry: the loss is signalled on time even while a renewal
+// hangs, and a renewal still going by then is abandoned.
 func (l *s3Lease) renew() {
 	defer close(l.stopped)
 	every := l.ttl / 3
 	t := time.NewTicker(every)
 	defer t.Stop()
-	expires := l.holder.Expires
+	lostAt := l.holder.Expires.Add(-l.ttl / 4)
+	var failed error // the last renewal's error
 	for {
+		deadline := time.NewTimer(time.Until(lostAt))
 		select {
 		case <-l.stop:
+			deadline.Stop()
+			return
+		case <-deadline.C:
+			why := "no renewal succeeded in time"
+			if failed != nil {
+				why = "renewing it failed: " + failed.Error()
+			}
+			l.lose(fmt.Errorf("lease %s expired: %s", l.store.url(l.key), why))
 			return
 		case <-t.C:
+			deadline.Stop()
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), every)
+		ctx, cancel := context.WithDeadline(context.Background(), minTime(time.Now().Add(every), lostAt))
 		h := l.holder
 		h.Expires = time.Now().Add(l.ttl).UTC()
 		body, _ := json.Marshal(h)
@@ -385,21 +399,30 @@ func (l *s3Lease) renew() {
 			l.mu.Lock()
 			l.etag = newETag
 			l.mu.Unlock()
-			expires = h.Expires
-			continue
+			lostAt = h.Expires.Add(-l.ttl / 4)
+			failed = nil
 		case conflict:
-			err = fmt.Errorf("lease %s was taken over by another run", l.store.url(l.key))
-		case time.Now().Before(expires):
-			continue // still ours for a while: try again at the next tick
+			l.lose(fmt.Errorf("lease %s was taken over by another run", l.store.url(l.key)))
+			return
 		default:
-			err = fmt.Errorf("lease %s expired: renewing it failed: %w", l.store.url(l.key), err)
+			failed = err // still ours until lostAt: tried again at the next tick
 		}
-		l.mu.Lock()
-		l.err = err
-		l.mu.Unlock()
-		close(l.lost)
-		return
 	}
+}
+
+// lose records why the lease was lost and tells the run.
+func (l *s3Lease) lose(err error) {
+	l.mu.Lock()
+	l.err = err
+	l.mu.Unlock()
+	close(l.lost)
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 func (l *s3Lease) Release(ctx context.Context) error {

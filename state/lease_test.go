@@ -2,11 +2,17 @@ package state
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -231,4 +237,64 @@ func TestLeaseHolder(t *testing.T) {
 			t.Fatalf("Holder after Release = %v, %v; want none", h, err)
 		}
 	})
+}
+
+// A holder whose renewals hang (a store that stops answering) is told its lease is lost
+// before the lease expires: another run may take the lease over from its expiry on, and
+// by then this one must have stopped sending. The renewals go through a proxy that
+// holds every PUT of the lease object until the client gives up.
+func TestS3LeaseLostBeforeItExpires(t *testing.T) {
+	m := testutil.StartMinIO(t)
+	bucket := m.Bucket(t)
+	target, err := url.Parse(m.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stall atomic.Bool
+	unstall := make(chan struct{})
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if stall.Load() && r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/leases/") {
+			select {
+			case <-r.Context().Done():
+			case <-unstall:
+			}
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	defer close(unstall) // before srv.Close, which waits for the handlers
+	opts := m.Options()
+	opts.Endpoint = srv.URL
+	st, err := Open(context.Background(), config.StateConfig{URL: "s3://" + bucket + "/state/", S3: opts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ttl = 2 * time.Second
+	l, err := st.Acquire(context.Background(), "users", Holder{Host: "h", PID: 1, RunID: "r1"}, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release(context.Background())
+	// Let one renewal through, then hold them all.
+	time.Sleep(ttl / 2)
+	stall.Store(true)
+	var lease Holder
+	if err := json.Unmarshal(m.Get(t, bucket, "state/leases/users.json"), &lease); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-l.Lost():
+		// With time to spare: the run stops sending after it is told.
+		if lost := time.Now(); !lost.Before(lease.Expires.Add(-ttl / 8)) {
+			t.Fatalf("the lease was reported lost at %s, not well before it expired at %s", lost.Format(time.StampMilli), lease.Expires.Format(time.StampMilli))
+		}
+		if err := l.Err(); err == nil || !strings.Contains(err.Error(), "expired") {
+			t.Fatalf("Err = %v", err)
+		}
+	case <-time.After(3 * ttl):
+		t.Fatal("the lease was not reported lost")
+	}
 }
